@@ -22,7 +22,9 @@ def pack_rows(x: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> tor
     b, n, d = x.shape
     length = mask.shape[1]
     used = min(length, n)
-    rows = torch.gather(x, 1, indices[:, :used, None].expand(b, used, d))
+    # Advanced indexing copies bits verbatim; torch.gather/scatter change bf16 NaN payloads.
+    batch = torch.arange(b, device=x.device)[:, None]
+    rows = x[batch, indices[:, :used]]
     rows = torch.where(mask[:, :used, None], rows, torch.zeros((), dtype=x.dtype, device=x.device))
     if length > used:
         rows = torch.cat([rows, x.new_zeros(b, length - used, d)], dim=1)
@@ -35,7 +37,8 @@ def unpack_rows(tokens: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor,
     used = min(length, num_tokens)
     src = torch.where(mask[:, :used, None], tokens[:, :used], torch.zeros((), dtype=tokens.dtype, device=tokens.device))
     out = tokens.new_zeros(b, num_tokens, d)
-    return out.scatter(1, indices[:, :used, None].expand(b, used, d), src)
+    out[torch.arange(b, device=tokens.device)[:, None], indices[:, :used]] = src
+    return out
 
 
 def remove_masked_tokens(x: torch.Tensor, keep: torch.Tensor):

@@ -1,0 +1,37 @@
+// mim_fast.cpp - Python module init for mim_fast._C and the op schemas.
+//
+// The op implementations live in the other csrc/*.cpp files and register
+// their CPU kernels with TORCH_LIBRARY_IMPL; this file only declares the
+// schemas (one TORCH_LIBRARY block per namespace is allowed) and gives the
+// shared object a PyInit__C so that `import mim_fast._C` loads it, which runs
+// the static registrations as a side effect.
+#include <Python.h>
+
+#include <torch/library.h>
+
+static PyModuleDef mim_fast_c_module = {
+    PyModuleDef_HEAD_INIT,
+    "_C",     // m_name
+    nullptr,  // m_doc
+    -1,       // m_size
+    nullptr,  // m_methods
+};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&mim_fast_c_module); }
+
+TORCH_LIBRARY(mim_fast, m) {
+  // band_dropout.cpp
+  m.def("cpu_band_dropout_mask(Tensor seed, Tensor rate, int batch_size, int num_bands) -> Tensor");
+  m.def("cpu_philox_uniform(Tensor seed, int n) -> Tensor");
+  m.def("cpu_band_dropout_apply(Tensor x, Tensor keep) -> Tensor");
+  // patch_embed.cpp
+  m.def("cpu_patch_embed(Tensor x, Tensor weight, Tensor? bias, Tensor? keep, int patch_size) -> Tensor");
+  m.def("cpu_patchify(Tensor x, Tensor? keep, int patch_size) -> Tensor");
+  m.def(
+      "cpu_patch_embed_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? keep, int patch_size, "
+      "bool need_x, bool need_weight, bool need_bias) -> (Tensor, Tensor, Tensor)");
+  // masked_gather.cpp
+  m.def("cpu_gather_indices(Tensor keep) -> (Tensor, Tensor)");
+  m.def("cpu_pack_rows(Tensor x, Tensor indices, Tensor mask) -> Tensor");
+  m.def("cpu_unpack_rows(Tensor tokens, Tensor indices, Tensor mask, int num_tokens) -> Tensor");
+}

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -70,8 +71,9 @@ def test_info_report_lists_backends_and_versions():
 
 
 def _run(args, cwd=None, **env):
+    """Run in a neutral directory so the installed package, not the source tree, is imported."""
     full_env = {**os.environ, **env}
-    return subprocess.run(args, capture_output=True, text=True, env=full_env, timeout=300, cwd=cwd)
+    return subprocess.run(args, capture_output=True, text=True, env=full_env, timeout=300, cwd=cwd or tempfile.gettempdir())
 
 
 def test_cli_info_and_module_entry_point():

@@ -30,19 +30,23 @@ class Case:
     meta: dict = field(default_factory=dict)
 
 
+def _name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
+
+
 def _gen(device, seed=0):
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
 
 
-def band_dropout_apply_case(device="cpu", batch=BATCH, size=64, time=4, bands=BANDS, rate=0.3) -> Case:
+def band_dropout_apply_case(device="cpu", batch=BATCH, size=64, time=4, bands=BANDS, rate=0.3, dtype=torch.float32) -> Case:
     g = _gen(device)
-    x = torch.randn(batch, size, size, time, bands, generator=g, device=device)
+    x = torch.randn(batch, size, size, time, bands, generator=g, device=device).to(dtype)
     keep = ops.band_dropout_mask(batch, bands, rate, generator=g, device=device)
     return Case(
         "band_dropout_apply",
-        f"x[{batch},{size},{size},{time},{bands}] fp32",
+        f"x[{batch},{size},{size},{time},{bands}] {_name(dtype)}",
         {
             "mim_fast": lambda: ops.band_dropout_apply(x, keep),
             "reference": lambda: x * keep[:, None, None, None, :],
@@ -70,13 +74,15 @@ def band_dropout_mask_case(device="cpu", batch=BATCH, bands=BANDS, rate=0.3) -> 
     )
 
 
-def patch_embed_case(patch: int, device="cpu", batch=BATCH, tokens_per_side=8, time=1, bands=BANDS, width=WIDTH) -> Case:
+def patch_embed_case(
+    patch: int, device="cpu", batch=BATCH, tokens_per_side=8, time=1, bands=BANDS, width=WIDTH, dtype=torch.float32
+) -> Case:
     g = _gen(device)
     size = tokens_per_side * patch
-    x = torch.randn(batch, size, size, time, bands, generator=g, device=device)
+    x = torch.randn(batch, size, size, time, bands, generator=g, device=device).to(dtype)
     features = BASE_PATCH * BASE_PATCH * bands
-    weight = torch.randn(width, features, generator=g, device=device) / features**0.5
-    bias = torch.randn(width, generator=g, device=device)
+    weight = (torch.randn(width, features, generator=g, device=device) / features**0.5).to(dtype)
+    bias = torch.randn(width, generator=g, device=device).to(dtype)
     rows = batch * tokens_per_side * tokens_per_side * time
     providers = {
         "mim_fast": lambda: ops.patch_embed(x, weight, bias, patch_size=patch),
@@ -84,13 +90,13 @@ def patch_embed_case(patch: int, device="cpu", batch=BATCH, tokens_per_side=8, t
     }
     baseline = None
     if patch == BASE_PATCH:
-        a = torch.randn(rows, features, generator=g, device=device)
+        a = torch.randn(rows, features, generator=g, device=device).to(dtype)
         weight_t = weight.t().contiguous()
         providers["matmul"] = lambda: torch.matmul(a, weight_t)
         baseline = "matmul"
     return Case(
         "patch_embed",
-        f"p={patch} x[{batch},{size},{size},{time},{bands}] D={width}",
+        f"p={patch} x[{batch},{size},{size},{time},{bands}] D={width} {_name(dtype)}",
         providers,
         flops=2.0 * rows * features * width,
         baseline=baseline,
@@ -98,15 +104,42 @@ def patch_embed_case(patch: int, device="cpu", batch=BATCH, tokens_per_side=8, t
     )
 
 
-def masked_gather_case(device="cpu", batch=BATCH, tokens=2000, width=WIDTH, keep_fraction=0.5) -> Case:
+def patch_embed_train_case(patch: int, device="cpu", batch=BATCH, tokens_per_side=8, bands=BANDS, width=WIDTH, dtype=torch.float32) -> Case:
+    """Forward + backward (gradients for weight and bias; pixels are data, not parameters)."""
     g = _gen(device)
-    x = torch.randn(batch, tokens, width, generator=g, device=device)
+    size = tokens_per_side * patch
+    x = torch.randn(batch, size, size, 1, bands, generator=g, device=device).to(dtype)
+    features = BASE_PATCH * BASE_PATCH * bands
+    weight = (torch.randn(width, features, generator=g, device=device) / features**0.5).to(dtype).requires_grad_(True)
+    bias = torch.zeros(width, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(batch, tokens_per_side, tokens_per_side, 1, width, generator=g, device=device).to(dtype)
+    rows = batch * tokens_per_side * tokens_per_side
+
+    def step(embed):
+        def run():
+            weight.grad = bias.grad = None
+            embed(x, weight, bias, patch_size=patch).backward(grad)
+
+        return run
+
+    return Case(
+        "patch_embed_fwd_bwd",
+        f"p={patch} x[{batch},{size},{size},1,{bands}] D={width} {_name(dtype)}",
+        {"mim_fast": step(ops.patch_embed), "reference": step(reference.patch_embed)},
+        flops=2.0 * 2.0 * rows * features * width,
+        meta={"patch": patch},
+    )
+
+
+def masked_gather_case(device="cpu", batch=BATCH, tokens=2000, width=WIDTH, keep_fraction=0.5, dtype=torch.float32) -> Case:
+    g = _gen(device)
+    x = torch.randn(batch, tokens, width, generator=g, device=device).to(dtype)
     keep = torch.rand(batch, tokens, generator=g, device=device) < keep_fraction
     kept = int(keep.sum())
     longest = int(keep.sum(1).max())
     return Case(
         "masked_gather",
-        f"x[{batch},{tokens},{width}] keep={keep_fraction}",
+        f"x[{batch},{tokens},{width}] keep={keep_fraction} {_name(dtype)}",
         {
             "mim_fast": lambda: ops.masked_gather(x, keep, max_len=longest),
             "reference": lambda: reference.remove_masked_tokens(x, keep),
@@ -115,14 +148,14 @@ def masked_gather_case(device="cpu", batch=BATCH, tokens=2000, width=WIDTH, keep
     )
 
 
-def masked_scatter_case(device="cpu", batch=BATCH, tokens=2000, width=WIDTH, keep_fraction=0.5) -> Case:
+def masked_scatter_case(device="cpu", batch=BATCH, tokens=2000, width=WIDTH, keep_fraction=0.5, dtype=torch.float32) -> Case:
     g = _gen(device)
-    x = torch.randn(batch, tokens, width, generator=g, device=device)
+    x = torch.randn(batch, tokens, width, generator=g, device=device).to(dtype)
     keep = torch.rand(batch, tokens, generator=g, device=device) < keep_fraction
     packed = ops.masked_gather(x, keep)
     return Case(
         "masked_scatter",
-        f"x[{batch},{tokens},{width}] keep={keep_fraction}",
+        f"x[{batch},{tokens},{width}] keep={keep_fraction} {_name(dtype)}",
         {
             "mim_fast": lambda: ops.masked_scatter(packed.tokens, packed.indices, packed.mask),
             "reference": lambda: reference.add_removed_tokens(packed.tokens, packed.indices, packed.mask),
@@ -131,14 +164,15 @@ def masked_scatter_case(device="cpu", batch=BATCH, tokens=2000, width=WIDTH, kee
     )
 
 
-def all_cases(device="cpu", quick: bool = False) -> list[Callable[[], Case]]:
+def all_cases(device="cpu", quick: bool = False, dtype=torch.float32) -> list[Callable[[], Case]]:
     """Case builders (built lazily so only one case's inputs are alive at a time)."""
     patches = (2, 4, 8) if quick else tuple(range(1, BASE_PATCH + 1))
     builders = [
         lambda: band_dropout_mask_case(device),
-        lambda: band_dropout_apply_case(device),
-        *[(lambda p=p: patch_embed_case(p, device)) for p in patches],
-        lambda: masked_gather_case(device),
-        lambda: masked_scatter_case(device),
+        lambda: band_dropout_apply_case(device, dtype=dtype),
+        *[(lambda p=p: patch_embed_case(p, device, dtype=dtype)) for p in patches],
+        lambda: patch_embed_train_case(BASE_PATCH, device, dtype=dtype),
+        lambda: masked_gather_case(device, dtype=dtype),
+        lambda: masked_scatter_case(device, dtype=dtype),
     ]
     return builders

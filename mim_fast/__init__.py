@@ -12,7 +12,8 @@ Quick tour::
 
 from ._extension import load_status as _load_extension
 
-_load_extension()  # registers the C++ ops before the Python op fragments are defined
+if _load_extension()[0]:  # registers the C++ ops before the Python op fragments are defined
+    from .backends import cpp as _cpp  # noqa: F401  (fake kernels for the C++ ops)
 
 from . import backends  # noqa: E402
 from .backends import use_backend  # noqa: E402

@@ -62,3 +62,24 @@ def test_cpp_checks_raise_value_and_type_errors():
         OPS.cpu_pack_rows(torch.randn(2, 5, 3), indices, mask[:1])
     with pytest.raises(TypeError, match="keep"):
         OPS.cpu_gather_indices(torch.ones(2, 3))
+
+
+def test_opcheck_cpp_kernels_directly():
+    x5 = torch.randn(2, 4, 4, 2, 3)
+    w = torch.randn(5, 12)
+    keep = torch.tensor([[True, False, True], [False, True, True]])
+    token_keep = torch.rand(2, 6, generator=torch.Generator().manual_seed(0)) < 0.5
+    indices, seqlens = OPS.cpu_gather_indices(token_keep)
+    mask = torch.arange(6)[None] < seqlens[:, None]
+    tokens = torch.randn(2, 6, 4)
+    cases = [
+        (OPS.cpu_band_dropout_mask, (torch.tensor([5]), torch.tensor(0.5), 3, 4)),
+        (OPS.cpu_band_dropout_apply, (x5.reshape(2, 32, 3), keep)),
+        (OPS.cpu_patch_embed, (x5, w, torch.randn(5), keep, 2)),
+        (OPS.cpu_patch_embed_backward, (torch.randn(2, 2, 2, 2, 5), x5, w, keep, 2, True, True, False)),
+        (OPS.cpu_gather_indices, (token_keep,)),
+        (OPS.cpu_pack_rows, (tokens, indices, mask)),
+        (OPS.cpu_unpack_rows, (tokens, indices, mask, 6)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))

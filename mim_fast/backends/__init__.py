@@ -115,14 +115,18 @@ def select_name(device: torch.device) -> str:
 
 def select(device: torch.device) -> ModuleType:
     """Module implementing the kernel interface for ``device`` (see ``mim_fast.backends.reference``)."""
-    name = select_name(device)
+    return module(select_name(device))
+
+
+def module(name: str) -> ModuleType:
+    """The kernel-interface module of a backend, by name."""
     if name == "cpp":
-        from . import cpp as module
+        from . import cpp as impl
     elif name == "triton":
-        from . import triton as module
+        from . import triton as impl
     else:
-        from . import reference as module
-    return module
+        from . import reference as impl
+    return impl
 
 
-__all__ = ["BackendStatus", "NAMES", "available", "forced_backend", "select", "select_name", "status", "use_backend"]
+__all__ = ["BackendStatus", "NAMES", "available", "forced_backend", "module", "select", "select_name", "status", "use_backend"]

@@ -60,7 +60,7 @@ def _unpack_rows_op(tokens: torch.Tensor, indices: torch.Tensor, mask: torch.Ten
         # The C++ kernel checks this itself; elsewhere on CPU it is free to check here.
         if bool(((indices < 0) | (indices >= num_tokens)).any()):
             raise ValueError(f"indices: values must be in [0, {num_tokens}), got min {int(indices.min())}, max {int(indices.max())}")
-    return backends.select(tokens.device).unpack_rows(tokens, indices, mask, num_tokens)
+    return backends.module(name).unpack_rows(tokens, indices, mask, num_tokens)
 
 
 @_unpack_rows_op.register_fake

@@ -34,4 +34,9 @@ TORCH_LIBRARY(mim_fast, m) {
   m.def("cpu_gather_indices(Tensor keep) -> (Tensor, Tensor)");
   m.def("cpu_pack_rows(Tensor x, Tensor indices, Tensor mask) -> Tensor");
   m.def("cpu_unpack_rows(Tensor tokens, Tensor indices, Tensor mask, int num_tokens) -> Tensor");
+  // tokenize.cpp
+  m.def("cpu_token_patches(Tensor x, Tensor? keep, Tensor work, Tensor tables, int patch_size) -> Tensor");
+  m.def(
+      "cpu_token_patches_backward(Tensor grad_patches, int[] x_shape, Tensor? keep, Tensor work, Tensor tables, "
+      "int patch_size) -> Tensor");
 }

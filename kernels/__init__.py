@@ -8,6 +8,7 @@ On CPU tensors they only run under ``TRITON_INTERPRET=1``.
 from .band_dropout import band_dropout_apply, band_dropout_mask, philox_uniform
 from .masked_gather import gather_indices, pack_rows, unpack_rows
 from .patch_embed import patch_embed_backward, patch_embed_forward
+from .tokenize import token_patches, token_patches_backward
 
 __all__ = [
     "band_dropout_mask",
@@ -18,4 +19,6 @@ __all__ = [
     "gather_indices",
     "pack_rows",
     "unpack_rows",
+    "token_patches",
+    "token_patches_backward",
 ]

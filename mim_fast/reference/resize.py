@@ -88,6 +88,7 @@ row down the column. :func:`aa_bicubic_matrix` gives the intended result (what r
 width-2 copy of the column gives). The tokenizer never resizes to width 1 unless ``P = 1``.
 """
 
+import functools
 import math
 
 import torch
@@ -273,3 +274,26 @@ def folded_weight(
     cols = col_weights.to(device=weight.device, dtype=torch.float64)
     folded = torch.einsum("dxyc,xa,yb->dabc", w4, rows, cols)
     return folded.reshape(d, -1).to(weight.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def window_tables(patch: int, base: int, num_rows: int, num_cols: int):
+    """Class tables of a token grid, in the layout the tokenizer's row builders read.
+
+    Args:
+        patch, base: requested and base patch sizes.
+        num_rows, num_cols: tokens along the height and the width.
+
+    Returns:
+        ``(row_class [num_rows] int64, col_class [num_cols] int64,
+        tables [2, n_classes, base, window] float64)``: ``tables[0, k]`` are the row
+        weights of row class ``k``, ``tables[1, k]`` the column weights of column class
+        ``k`` (the shorter list zero padded). Cached; treat the tensors as read-only.
+    """
+    row_class, row_weights = window_classes(patch, base, num_rows)
+    col_class, col_weights = window_classes(patch, base, num_cols)
+    n = max(row_weights.shape[0], col_weights.shape[0])
+    tables = torch.zeros(2, n, base, row_weights.shape[2], dtype=torch.float64)
+    tables[0, : row_weights.shape[0]] = row_weights
+    tables[1, : col_weights.shape[0]] = col_weights
+    return row_class, col_class, tables

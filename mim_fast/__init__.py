@@ -26,6 +26,7 @@ from .ops import (  # noqa: E402
     masked_gather,
     masked_scatter,
     patch_embed,
+    tokenize,
 )
 
 __version__ = "0.1.0"
@@ -40,5 +41,6 @@ __all__ = [
     "masked_gather",
     "masked_scatter",
     "patch_embed",
+    "tokenize",
     "use_backend",
 ]

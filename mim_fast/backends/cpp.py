@@ -33,6 +33,14 @@ def unpack_rows(tokens, indices, mask, num_tokens):
     return _ops.cpu_unpack_rows(tokens, indices, mask, num_tokens)
 
 
+def token_patches(x, keep, work, tables, patch):
+    return _ops.cpu_token_patches(x, keep, work, tables, patch)
+
+
+def token_patches_backward(grad_patches, x_shape, keep, work, tables, patch):
+    return _ops.cpu_token_patches_backward(grad_patches, list(x_shape), keep, work, tables, patch)
+
+
 def _register_fakes() -> None:
     """Shape-only (fake) kernels so the C++ ops also trace under FakeTensor and opcheck."""
 
@@ -68,6 +76,14 @@ def _register_fakes() -> None:
     @torch.library.register_fake("mim_fast::cpu_unpack_rows")
     def _(tokens, indices, mask, num_tokens):
         return tokens.new_empty((tokens.shape[0], num_tokens, tokens.shape[2]))
+
+    @torch.library.register_fake("mim_fast::cpu_token_patches")
+    def _(x, keep, work, tables, patch_size):
+        return x.new_empty((work.shape[0], tables.shape[2] * tables.shape[2] * x.shape[-1]))
+
+    @torch.library.register_fake("mim_fast::cpu_token_patches_backward")
+    def _(grad_patches, x_shape, keep, work, tables, patch_size):
+        return grad_patches.new_empty(x_shape)
 
 
 _register_fakes()

@@ -12,6 +12,9 @@ ops in ``mim_fast.ops`` validate inputs and then call the selected backend:
     gather_indices(keep [B, N] bool) -> (indices [B, N] int64, seqlens [B] int64)
     pack_rows(x [B, N, D], indices [B, N], mask [B, L]) -> [B, L, D]
     unpack_rows(tokens [B, L, D], indices [B, N], mask [B, L], N) -> [B, N, D]
+    token_patches(x [B, H, W, T, C], keep [B, C] | None, work [R, 7], tables [2, n, P, w], p)
+        -> [R, P*P*C]  (resized patch of each work row; see mim_fast.reference.token_patches)
+    token_patches_backward(grad [R, P*P*C], x_shape, keep, work, tables, p) -> grad_x [B, H, W, T, C]
 """
 
 from ..reference import (  # noqa: F401
@@ -23,3 +26,4 @@ from ..reference import (  # noqa: F401
     patch_embed_forward,
     unpack_rows,
 )
+from ..reference.token_patches import token_patches, token_patches_backward  # noqa: F401

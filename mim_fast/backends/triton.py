@@ -38,3 +38,11 @@ def pack_rows(x, indices, mask):
 def unpack_rows(tokens, indices, mask, num_tokens):
     return _k.unpack_rows(tokens, indices, mask, num_tokens)
 
+
+
+def token_patches(x, keep, work, tables, patch):
+    return _k.token_patches(x, keep, work, tables, patch)
+
+
+def token_patches_backward(grad_patches, x_shape, keep, work, tables, patch):
+    return _k.token_patches_backward(grad_patches, x_shape, keep, work, tables, patch)

@@ -6,6 +6,7 @@ FSDP2 and ``torch.library.opcheck``; the backend is chosen per call (see ``mim_f
 from .band_dropout import band_dropout, band_dropout_apply, band_dropout_mask
 from .masked_gather import Packed, masked_gather, masked_scatter
 from .patch_embed import patch_embed
+from .tokenize import TokenEntry, tokenize, tokenize_entries
 
 __all__ = [
     "Packed",
@@ -15,4 +16,7 @@ __all__ = [
     "masked_gather",
     "masked_scatter",
     "patch_embed",
+    "TokenEntry",
+    "tokenize",
+    "tokenize_entries",
 ]

@@ -14,52 +14,11 @@ depends on the public ops (``mim_fast.band_dropout_mask``, ``mim_fast.Packed``).
 import torch
 import torch.nn.functional as F
 
-from ..ops import _checks
-from ..ops.band_dropout import band_dropout_mask
 from ..ops.masked_gather import Packed
-from ..ops.patch_embed import _validate as _validate_patch_embed
+from ..ops.tokenize import _band_keep, _validate
 from .masked_gather import gather_indices, pack_rows
 from .patch_embed import patch_embed
 from .resize import folded_weight, window_classes, window_margin
-
-
-def _validate(x, weight, bias, token_mask, select, patch_size, base_patch_size, band_dropout_rate, generator, max_len):
-    """Check every argument; returns the base patch size P."""
-    base = _validate_patch_embed(x, weight, bias, None, patch_size, base_patch_size)
-    _checks.tensor("token_mask", token_mask)
-    if token_mask.dtype == torch.bool or token_mask.dtype.is_floating_point or token_mask.dtype.is_complex:
-        raise TypeError(f"token_mask: expected an integer tensor of mask codes, got {token_mask.dtype}")
-    grid = (x.shape[0], x.shape[1] // patch_size, x.shape[2] // patch_size) + ((x.shape[3],) if x.dim() == 5 else ())
-    meaning = "B, H // patch_size, W // patch_size" + (", T" if x.dim() == 5 else "") + " of x: the token grid"
-    _checks.shape("token_mask", token_mask, grid, meaning)
-    _checks.same_device(x=x, token_mask=token_mask)
-    _checks.integer("select", select)
-    if isinstance(band_dropout_rate, torch.Tensor):
-        _checks.floating("band_dropout_rate", band_dropout_rate)
-        if band_dropout_rate.numel() != 1:
-            raise ValueError(
-                f"band_dropout_rate: expected a single value, got a tensor of shape {list(band_dropout_rate.shape)}"
-            )
-    else:
-        if isinstance(band_dropout_rate, bool) or not isinstance(band_dropout_rate, (int, float)):
-            raise TypeError(
-                "band_dropout_rate: expected a float in [0, 1] or a one-element tensor, "
-                f"got {type(band_dropout_rate).__name__}"
-            )
-        if not 0.0 <= float(band_dropout_rate) <= 1.0:
-            raise ValueError(f"band_dropout_rate: must be in [0, 1], got {band_dropout_rate}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
-    if max_len is not None:
-        _checks.integer("max_len", max_len, minimum=0)
-    return base
-
-
-def _band_keep(x, band_dropout_rate, generator):
-    """The band mask, drawn only when dropout can happen (a tensor rate always draws)."""
-    if not isinstance(band_dropout_rate, torch.Tensor) and float(band_dropout_rate) == 0.0:
-        return None
-    return band_dropout_mask(x.shape[0], x.shape[-1], band_dropout_rate, generator=generator, device=x.device)
 
 
 def _pack_layout(token_mask, select, max_len):

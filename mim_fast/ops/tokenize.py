@@ -1,0 +1,294 @@
+"""Fused tokenizer: band dropout + flexible patch embedding + masked gather in one op.
+
+Only the selected tokens are embedded. For each one the backend builds its resized
+``P x P`` patch straight from its input window (``mim_fast.reference.token_patches``:
+the resized image is never materialised), one GEMM per entry embeds all of them, and the
+rows land in their packed slots. An *entry* is one tensor with its own projection (one
+band set of one modality); :func:`tokenize_entries` packs several entries of a sample into
+one sequence, :func:`tokenize` is the single-entry functional.
+
+Registered ops: ``mim_fast::tokenize_rows`` (forward) and ``mim_fast::tokenize_rows_backward``.
+Weight and bias gradients come from the selected tokens only (the patches are rebuilt in
+the backward instead of being saved); the input gradient is the adjoint resize.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import backends
+from ..reference.patch_embed import resize_channel_last
+from . import _checks
+from ._token_layout import device_tables, packed_layout, work_rows
+from .band_dropout import band_dropout_mask
+from .masked_gather import Packed
+from .patch_embed import _validate as _validate_patch_embed
+
+
+def _scatter_rows(out, rows, slot, padded):
+    """out[slot[r]] = rows[r]; rows with slot < 0 are dropped (without a host sync)."""
+    if not padded:
+        out.index_copy_(0, slot, rows)
+        return
+    valid = (slot >= 0)[:, None]
+    out.index_add_(0, slot.clamp_min(0), torch.where(valid, rows, torch.zeros((), dtype=rows.dtype, device=rows.device)))
+
+
+def _selected_grad(grad, slot, padded):
+    picked = grad.index_select(0, slot.clamp_min(0))
+    if padded:
+        picked = torch.where((slot >= 0)[:, None], picked, torch.zeros((), dtype=picked.dtype, device=picked.device))
+    return picked
+
+
+def _is_padded(work: torch.Tensor) -> bool:
+    # CPU work lists are exact (no padding rows); fixed-size ones are only built elsewhere.
+    return work.device.type != "cpu" or backends.select_name(work.device) == "triton"
+
+
+@torch.library.custom_op("mim_fast::tokenize_rows", mutates_args=())
+def _tokenize_rows_op(
+    xs: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    keeps: list[torch.Tensor | None],
+    works: list[torch.Tensor],
+    tables: list[torch.Tensor],
+    patch_sizes: list[int],
+    num_rows: int,
+) -> torch.Tensor:
+    out = xs[0].new_zeros((num_rows, weights[0].shape[0]))
+    for x, weight, bias, keep, work, table, patch in zip(xs, weights, biases, keeps, works, tables, patch_sizes):
+        if work.shape[0] == 0:
+            continue
+        patches = backends.select(x.device).token_patches(x, keep, work, table, patch)
+        rows = torch.addmm(bias, patches, weight.t()) if bias is not None else patches @ weight.t()
+        _scatter_rows(out, rows, work[:, 4], _is_padded(work))
+    return out
+
+
+@_tokenize_rows_op.register_fake
+def _(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows):
+    return xs[0].new_empty((num_rows, weights[0].shape[0]))
+
+
+@torch.library.custom_op("mim_fast::tokenize_rows_backward", mutates_args=())
+def _tokenize_rows_backward_op(
+    grad: torch.Tensor,
+    xs: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    keeps: list[torch.Tensor | None],
+    works: list[torch.Tensor],
+    tables: list[torch.Tensor],
+    patch_sizes: list[int],
+    need_x: list[bool],
+    need_weight: list[bool],
+    need_bias: list[bool],
+) -> list[torch.Tensor]:
+    """Flat list ``[grad_x per entry] + [grad_weight per entry] + [grad_bias per entry]``
+    (distinct empty tensors where a gradient was not asked for)."""
+    grad_xs, grad_ws, grad_bs = [], [], []
+    for e, (x, weight, keep, work, table, patch) in enumerate(zip(xs, weights, keeps, works, tables, patch_sizes)):
+        backend = backends.select(x.device)
+        picked = _selected_grad(grad, work[:, 4], _is_padded(work))
+        if need_weight[e]:
+            patches = backend.token_patches(x, keep, work, table, patch)
+            grad_ws.append(picked.t() @ patches)
+        else:
+            grad_ws.append(x.new_empty(0))
+        grad_bs.append(picked.sum(0) if need_bias[e] else x.new_empty(0))
+        if need_x[e]:
+            grad_xs.append(backend.token_patches_backward(picked @ weight, tuple(x.shape), keep, work, table, patch))
+        else:
+            grad_xs.append(x.new_empty(0))
+    return grad_xs + grad_ws + grad_bs
+
+
+@_tokenize_rows_backward_op.register_fake
+def _(grad, xs, weights, keeps, works, tables, patch_sizes, need_x, need_weight, need_bias):
+    grad_xs = [torch.empty_like(x, memory_format=torch.contiguous_format) if n else x.new_empty(0) for x, n in zip(xs, need_x)]
+    grad_ws = [torch.empty_like(w, memory_format=torch.contiguous_format) if n else w.new_empty(0) for w, n in zip(weights, need_weight)]
+    grad_bs = [w.new_empty(w.shape[0]) if n else w.new_empty(0) for w, n in zip(weights, need_bias)]
+    return grad_xs + grad_ws + grad_bs
+
+
+def _setup_context(ctx, inputs, output):
+    xs, weights, biases, keeps, works, tables, patch_sizes, _ = inputs
+    ctx.save_for_backward(*xs, *weights, *[k if k is not None else xs[0].new_empty(0) for k in keeps], *works, *tables)
+    ctx.has_keep = [k is not None for k in keeps]
+    ctx.has_bias = [b is not None for b in biases]
+    ctx.patch_sizes = list(patch_sizes)
+
+
+def _backward(ctx, grad):
+    n = len(ctx.patch_sizes)
+    saved = ctx.saved_tensors
+    xs, weights, keeps, works, tables = (list(saved[k * n : (k + 1) * n]) for k in range(5))
+    keeps = [k if has else None for k, has in zip(keeps, ctx.has_keep)]
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = [bool(nb) and has for nb, has in zip(need_b, ctx.has_bias)]
+    flat = _tokenize_rows_backward_op(
+        grad.contiguous(), xs, weights, keeps, works, tables, ctx.patch_sizes, list(need_x), list(need_w), need_b
+    )
+    grad_xs = [g if nx else None for g, nx in zip(flat[:n], need_x)]
+    grad_ws = [g if nw else None for g, nw in zip(flat[n : 2 * n], need_w)]
+    grad_bs = [g if nb else None for g, nb in zip(flat[2 * n :], need_b)]
+    nothing = [None] * n
+    return grad_xs, grad_ws, grad_bs, nothing, nothing, nothing, None, None
+
+
+_tokenize_rows_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@dataclass
+class TokenEntry:
+    """One tensor to tokenize with its own projection (one band set of one modality).
+
+    x: ``[B, H, W, T, C]`` channel-last pixels (already restricted to the entry's bands).
+    weight: ``[D, P*P*C]``, features in ``(p1 p2 c)`` order; bias ``[D]`` or None.
+    keep: ``[B, C]`` bool band mask or None.
+    patch_size / base_patch_size: requested p and native P.
+    offset, stride: token ``n`` (row-major over ``(H//p, W//p, T)``) is position
+        ``offset + n * stride`` of the sample's global token sequence.
+    """
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    keep: torch.Tensor | None
+    patch_size: int
+    base_patch_size: int
+    offset: int = 0
+    stride: int = 1
+
+
+def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int, max_len: int | None = None) -> Packed:
+    """Pack the tokens of several entries whose mask code equals ``select``.
+
+    Args:
+        entries: the entries; their token positions must tile ``codes``' columns.
+        codes: ``[B, N]`` integer mask codes of every token of the global sequence.
+        select: the code to keep.
+        max_len: packed length L (None: ``max(seqlens)``, one host read).
+
+    Returns:
+        :class:`mim_fast.Packed` over the global sequence: ``tokens [B, L, D]``.
+    """
+    if not entries:
+        raise ValueError("entries: expected at least one entry to tokenize")
+    chosen = codes == select
+    indices, seqlens, mask, row_of = packed_layout(chosen, max_len)
+    batch, length = mask.shape
+    xs, weights, biases, keeps, works, tables, patches = [], [], [], [], [], [], []
+    for entry in entries:
+        x, p, base = entry.x, entry.patch_size, entry.base_patch_size
+        if x.shape[1] % p or x.shape[2] % p:
+            # Squash case (size not a multiple of p): windows are not periodic, so resize first.
+            x = resize_channel_last(x, x.shape[1] // p * base, x.shape[2] // p * base)
+            p = base
+        grid = (x.shape[1] // p, x.shape[2] // p, x.shape[3])
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        row_class, col_class, table = device_tables(p, base, grid[0], grid[1], x.device, acc)
+        n_tokens = grid[0] * grid[1] * grid[2]
+        own = chosen[:, entry.offset : entry.offset + n_tokens * entry.stride : entry.stride]
+        work = work_rows(own, row_of, entry.offset, entry.stride, grid, row_class, col_class, length, _is_padded(x))
+        xs.append(x.contiguous())
+        weights.append(entry.weight)
+        biases.append(entry.bias)
+        keeps.append(entry.keep)
+        works.append(work)
+        tables.append(table)
+        patches.append(p)
+    out = _tokenize_rows_op(xs, weights, biases, keeps, works, tables, patches, batch * length)
+    return Packed(out.view(batch, length, -1), indices, mask, seqlens)
+
+
+def _validate(x, weight, bias, token_mask, select, patch_size, base_patch_size, band_dropout_rate, generator, max_len):
+    """Check every argument of :func:`tokenize`; returns the base patch size P."""
+    base = _validate_patch_embed(x, weight, bias, None, patch_size, base_patch_size)
+    _checks.tensor("token_mask", token_mask)
+    if token_mask.dtype == torch.bool or token_mask.dtype.is_floating_point or token_mask.dtype.is_complex:
+        raise TypeError(f"token_mask: expected an integer tensor of mask codes, got {token_mask.dtype}")
+    grid = (x.shape[0], x.shape[1] // patch_size, x.shape[2] // patch_size) + ((x.shape[3],) if x.dim() == 5 else ())
+    meaning = "B, H // patch_size, W // patch_size" + (", T" if x.dim() == 5 else "") + " of x: the token grid"
+    _checks.shape("token_mask", token_mask, grid, meaning)
+    _checks.same_device(x=x, token_mask=token_mask)
+    _checks.integer("select", select)
+    if isinstance(band_dropout_rate, torch.Tensor):
+        _checks.floating("band_dropout_rate", band_dropout_rate)
+        if band_dropout_rate.numel() != 1:
+            raise ValueError(
+                f"band_dropout_rate: expected a single value, got a tensor of shape {list(band_dropout_rate.shape)}"
+            )
+    else:
+        if isinstance(band_dropout_rate, bool) or not isinstance(band_dropout_rate, (int, float)):
+            raise TypeError(
+                "band_dropout_rate: expected a float in [0, 1] or a one-element tensor, "
+                f"got {type(band_dropout_rate).__name__}"
+            )
+        if not 0.0 <= float(band_dropout_rate) <= 1.0:
+            raise ValueError(f"band_dropout_rate: must be in [0, 1], got {band_dropout_rate}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    if max_len is not None:
+        _checks.integer("max_len", max_len, minimum=0)
+    return base
+
+
+def _band_keep(x, band_dropout_rate, generator):
+    """The band mask, drawn only when dropout can happen (a tensor rate always draws)."""
+    if not isinstance(band_dropout_rate, torch.Tensor) and float(band_dropout_rate) == 0.0:
+        return None
+    return band_dropout_mask(x.shape[0], x.shape[-1], band_dropout_rate, generator=generator, device=x.device)
+
+
+def tokenize(
+    x,
+    weight,
+    bias,
+    token_mask,
+    *,
+    select,
+    patch_size,
+    base_patch_size=None,
+    band_dropout_rate=0.0,
+    generator=None,
+    max_len=None,
+) -> Packed:
+    """Fused band dropout -> patch embedding -> packing of the tokens with one mask code.
+
+    Equal to ``keep = band_dropout_mask(...)``, ``patch_embed(x, weight, bias,
+    patch_size=patch_size, keep=keep)``, flattening the token grid row-major and
+    ``masked_gather(tokens, token_mask.flatten(1) == select)``, but only the selected
+    tokens are embedded, each from its own input window (no resized image), straight into
+    the packed buffer.
+
+    Args:
+        x: channel-last pixels ``[B, H, W, C]`` or ``[B, H, W, T, C]``.
+        weight: ``[D, P*P*C]``, features in ``(p1 p2 c)`` order.
+        bias: ``[D]`` or None.
+        token_mask: integer mask codes at token resolution, ``[B, H//p, W//p]`` (4-D x) or
+            ``[B, H//p, W//p, T]`` (5-D x).
+        select: the code of the tokens to keep (e.g. ``MaskValue.ONLINE_ENCODER``).
+        patch_size: requested patch size p (resize semantics of :func:`mim_fast.patch_embed`).
+        base_patch_size: the layer's native patch size P (inferred from ``weight`` if None).
+        band_dropout_rate: float in [0, 1] or a one-element tensor (drawn on the device,
+            no host read). Rate 0 draws nothing; otherwise one seed of ``generator`` is
+            consumed, exactly as :func:`mim_fast.band_dropout_mask`.
+        generator: torch generator for the band mask.
+        max_len: packed length L; None means ``max(seqlens)`` (one host read). With
+            ``max_len`` the op never synchronises with the host; the caller guarantees no
+            sample selects more than ``max_len`` tokens (checked on CPU).
+
+    Returns:
+        :class:`mim_fast.Packed` ``(tokens [B, L, D], indices [B, N], mask [B, L],
+        seqlens [B])``, N the number of tokens; padding rows are exactly zero.
+        Differentiable in x, weight and bias.
+    """
+    base = _validate(
+        x, weight, bias, token_mask, select, patch_size, base_patch_size, band_dropout_rate, generator, max_len
+    )
+    keep = _band_keep(x, band_dropout_rate, generator)
+    x5 = x if x.dim() == 5 else x.unsqueeze(3)
+    entry = TokenEntry(x5, weight, bias, keep, patch_size, base)
+    return tokenize_entries([entry], token_mask.reshape(x.shape[0], -1), int(select), max_len)

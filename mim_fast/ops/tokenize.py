@@ -133,8 +133,18 @@ def _backward(ctx, grad):
     grad_xs = [g if nx else None for g, nx in zip(flat[:n], need_x)]
     grad_ws = [g if nw else None for g, nw in zip(flat[n : 2 * n], need_w)]
     grad_bs = [g if nb else None for g, nb in zip(flat[2 * n :], need_b)]
+    # Autograd matches the structure of the inputs, where a list holding no tensor is a leaf.
     nothing = [None] * n
-    return grad_xs, grad_ws, grad_bs, nothing, nothing, nothing, None, None
+    return (
+        grad_xs,
+        grad_ws,
+        grad_bs if any(ctx.has_bias) else None,
+        nothing if any(ctx.has_keep) else None,
+        nothing,
+        nothing,
+        None,
+        None,
+    )
 
 
 _tokenize_rows_op.register_autograd(_backward, setup_context=_setup_context)
@@ -200,7 +210,7 @@ def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int
         tables.append(table)
         patches.append(p)
     out = _tokenize_rows_op(xs, weights, biases, keeps, works, tables, patches, batch * length)
-    return Packed(out.view(batch, length, -1), indices, mask, seqlens)
+    return Packed(out.view(batch, length, entries[0].weight.shape[0]), indices, mask, seqlens)
 
 
 def _validate(x, weight, bias, token_mask, select, patch_size, base_patch_size, band_dropout_rate, generator, max_len):

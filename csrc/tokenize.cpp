@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -91,16 +92,36 @@ Rows check_common(at::IntArrayRef x_shape, const std::optional<at::Tensor>& keep
   return g;
 }
 
+// [lo, hi) of the non-zero taps of every table row: taps[(k * n_classes + cls) * P + q].
+// Tables are zero outside the image, so these ranges never leave it.
+template <typename acc_t>
+std::vector<std::pair<int64_t, int64_t>> tap_ranges(const acc_t* tables, const Rows& g) {
+  std::vector<std::pair<int64_t, int64_t>> taps(2 * g.n_classes * g.P);
+  for (int64_t r = 0; r < 2 * g.n_classes * g.P; ++r) {
+    const acc_t* w = tables + r * g.win;
+    int64_t lo = 0, hi = g.win;
+    while (lo < hi && w[lo] == acc_t(0)) ++lo;
+    while (hi > lo && w[hi - 1] == acc_t(0)) --hi;
+    taps[r] = {lo, hi};
+  }
+  return taps;
+}
+
 template <typename scalar_t, typename acc_t>
 void build_rows(const scalar_t* x, const bool* keep, const int64_t* work, const acc_t* tables, scalar_t* out,
                 const Rows& g) {
   const int64_t PC = g.P * g.C;
   const acc_t* row_tab = tables;
   const acc_t* col_tab = tables + g.n_classes * g.P * g.win;
+  const auto taps = tap_ranges(tables, g);
+  const auto* row_taps = taps.data();
+  const auto* col_taps = taps.data() + g.n_classes * g.P;
   at::parallel_for(0, g.R, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> tmp(g.P * g.win * g.C);  // row pass result [q1, v, c]
-    std::vector<acc_t> sums(g.C);
-    std::vector<acc_t> kf(g.C);
+    // Column pass first: cols[u, (q2 c)] for every window row u. The row pass then runs
+    // over contiguous (q2 c) runs of length P*C, which vectorise, instead of runs of C.
+    std::vector<acc_t> cols(g.win * PC);
+    std::vector<acc_t> sums(PC);
+    std::vector<acc_t> kf(PC);  // keep[b, c] tiled over q2
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t* wr = work + r * 7;
       const int64_t b = wr[0], i = wr[1], j = wr[2], t = wr[3], slot = wr[4];
@@ -109,7 +130,7 @@ void build_rows(const scalar_t* x, const bool* keep, const int64_t* work, const 
         std::fill(dst, dst + g.K, scalar_t(0));
         continue;
       }
-      for (int64_t c = 0; c < g.C; ++c) kf[c] = (keep == nullptr || keep[b * g.C + c]) ? acc_t(1) : acc_t(0);
+      for (int64_t k = 0; k < PC; ++k) kf[k] = (keep == nullptr || keep[b * g.C + k % g.C]) ? acc_t(1) : acc_t(0);
       if (g.p == g.P) {
         for (int64_t q1 = 0; q1 < g.P; ++q1)
           for (int64_t q2 = 0; q2 < g.P; ++q2) {
@@ -119,39 +140,40 @@ void build_rows(const scalar_t* x, const bool* keep, const int64_t* work, const 
           }
         continue;
       }
-      const acc_t* rw = row_tab + wr[5] * g.P * g.win;
-      const acc_t* cw = col_tab + wr[6] * g.P * g.win;
+      const int64_t rc = wr[5], cc = wr[6];
+      const acc_t* rw = row_tab + rc * g.P * g.win;
+      const acc_t* cw = col_tab + cc * g.P * g.win;
+      const auto* rt = row_taps + rc * g.P;
+      const auto* ct = col_taps + cc * g.P;
       const int64_t top = i * g.p - g.margin, left = j * g.p - g.margin;
-      const int64_t v0 = std::max<int64_t>(0, -left), v1 = std::min<int64_t>(g.win, g.W - left);
-      std::fill(tmp.begin(), tmp.end(), acc_t(0));
+      int64_t u_lo = g.win, u_hi = 0;
       for (int64_t q1 = 0; q1 < g.P; ++q1) {
-        acc_t* tq = tmp.data() + q1 * g.win * g.C;
-        for (int64_t u = 0; u < g.win; ++u) {
-          const acc_t a = rw[q1 * g.win + u];
-          const int64_t row = top + u;
-          if (a == acc_t(0) || row < 0 || row >= g.H) continue;
-          const scalar_t* src = x + (((b * g.H + row) * g.W + left) * g.T + t) * g.C;
-          for (int64_t v = v0; v < v1; ++v) {
-            const scalar_t* s = src + v * g.T * g.C;
-            acc_t* tv = tq + v * g.C;
-            for (int64_t c = 0; c < g.C; ++c) tv[c] += a * static_cast<acc_t>(s[c]);
+        u_lo = std::min(u_lo, rt[q1].first);
+        u_hi = std::max(u_hi, rt[q1].second);
+      }
+      for (int64_t u = u_lo; u < u_hi; ++u) {
+        const scalar_t* src = x + (((b * g.H + top + u) * g.W + left) * g.T + t) * g.C;
+        acc_t* cu = cols.data() + u * PC;
+        for (int64_t q2 = 0; q2 < g.P; ++q2) {
+          acc_t* c2 = cu + q2 * g.C;
+          for (int64_t c = 0; c < g.C; ++c) c2[c] = acc_t(0);
+          for (int64_t v = ct[q2].first; v < ct[q2].second; ++v) {
+            const acc_t e = cw[q2 * g.win + v];
+            const scalar_t* s_ = src + v * g.T * g.C;
+            for (int64_t c = 0; c < g.C; ++c) c2[c] += e * static_cast<acc_t>(s_[c]);
           }
         }
       }
       for (int64_t q1 = 0; q1 < g.P; ++q1) {
-        const acc_t* tq = tmp.data() + q1 * g.win * g.C;
-        for (int64_t q2 = 0; q2 < g.P; ++q2) {
-          acc_t* acc = sums.data();
-          std::fill(acc, acc + g.C, acc_t(0));
-          for (int64_t v = v0; v < v1; ++v) {
-            const acc_t e = cw[q2 * g.win + v];
-            if (e == acc_t(0)) continue;
-            const acc_t* tv = tq + v * g.C;
-            for (int64_t c = 0; c < g.C; ++c) acc[c] += e * tv[c];
-          }
-          scalar_t* d = dst + q1 * PC + q2 * g.C;
-          for (int64_t c = 0; c < g.C; ++c) d[c] = static_cast<scalar_t>(acc[c] * kf[c]);
+        acc_t* acc = sums.data();
+        for (int64_t k = 0; k < PC; ++k) acc[k] = acc_t(0);
+        for (int64_t u = rt[q1].first; u < rt[q1].second; ++u) {
+          const acc_t a = rw[q1 * g.win + u];
+          const acc_t* cu = cols.data() + u * PC;
+          for (int64_t k = 0; k < PC; ++k) acc[k] += a * cu[k];
         }
+        scalar_t* d = dst + q1 * PC;
+        for (int64_t k = 0; k < PC; ++k) d[k] = static_cast<scalar_t>(acc[k] * kf[k]);
       }
     }
   });

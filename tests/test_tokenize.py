@@ -1,6 +1,8 @@
 """mim_fast.tokenize on every backend against the reference composition
 (band dropout -> patch_embed -> flatten -> masked_gather)."""
 
+import importlib
+
 import pytest
 import torch
 from helpers import gemm_tolerance, is_interpreted
@@ -181,7 +183,8 @@ def test_tokenize_rows_opcheck():
     _, _, mask, row_of = packed_layout(chosen, None)
     row_class, col_class, tables = device_tables(3, BASE, 2, 3, x.device, torch.float64)
     work = work_rows(chosen, row_of, 0, 1, (2, 3, 2), row_class, col_class, mask.shape[1], False)
-    args = ([x.requires_grad_()], [weight.requires_grad_()], [bias], [None], [work], [tables], [3], mask.numel())
+    no_keep = torch.zeros(0, dtype=torch.bool)
+    args = ([x.requires_grad_()], [weight.requires_grad_()], [bias], [no_keep], [work], [tables], [3], mask.numel(), True)
     torch.library.opcheck(_tokenize_rows_op, args)
 
 
@@ -221,3 +224,29 @@ def test_cpp_token_patches_rejects_bad_work_rows():
         torch.ops.mim_fast.cpu_token_patches(x, None, bad[:, :5], tables, 2)
     with pytest.raises(TypeError, match="tables"):
         torch.ops.mim_fast.cpu_token_patches(x, None, bad, tables.long(), 2)
+
+
+@pytest.mark.parametrize("patch", [1, 2, 3])
+def test_folded_interior_tokens_match_reference(monkeypatch, patch):
+    """Force the folded-weight path for interior tokens (normally chosen only when it pays)."""
+    fused_tokenize = importlib.import_module("mim_fast.ops.tokenize")
+    if not mim_fast.backends.status("cpp").available:
+        pytest.skip("cpp backend unavailable")
+    monkeypatch.setattr(fused_tokenize, "_FOLD_COST_FACTOR", 0)
+    folds = []
+    real_fold = fused_tokenize._fold
+    monkeypatch.setattr(fused_tokenize, "_fold", lambda *a: folds.append(1) or real_fold(*a))
+    x, weight, bias, codes = _inputs(2, 8, 7, 2, 3, 5, patch)
+    x.requires_grad_()
+    weight.requires_grad_()
+    bias.requires_grad_()
+    with mim_fast.use_backend("cpp"):
+        fused, ref = _both(x, weight, bias, codes, patch=patch, rate=0.5)
+    assert folds, "the folded path was not taken"
+    _assert_layout_equal(fused, ref)
+    torch.testing.assert_close(fused.tokens, ref.tokens, atol=1e-11, rtol=0)
+    probe = torch.randn_like(ref.tokens)
+    got = torch.autograd.grad((fused.tokens * probe).sum(), (x, weight, bias))
+    want = torch.autograd.grad((ref.tokens * probe).sum(), (x, weight, bias))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-9)

@@ -12,17 +12,70 @@ Weight and bias gradients come from the selected tokens only (the patches are re
 the backward instead of being saved); the input gradient is the adjoint resize.
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from .. import backends
 from ..reference.patch_embed import resize_channel_last
+from ..reference.resize import interior_class
 from . import _checks
 from ._token_layout import device_tables, packed_layout, work_rows
 from .band_dropout import band_dropout_mask
 from .masked_gather import Packed
 from .patch_embed import _validate as _validate_patch_embed
+
+
+# Folding the interior resize into the projection saves 2 D (P^2 - w^2) C flops per
+# interior token (w = p + 4 < P when p <= 3 at P = 8) but costs one weight fold, a GEMM of
+# 2 D w^2 P^2 C flops plus two permuted copies of the weight, measured at about this many
+# times its flop count on 2 CPU cores. Fold only when the saving beats the fold.
+_FOLD_COST_FACTOR = 5
+
+
+def _entry_parts(x, weight, work, table, patch):
+    """Split one entry's work rows into ``(weight, work, tables)`` parts.
+
+    Normally one part: rows are resized patches projected by ``weight``. When folding
+    pays (see ``_FOLD_COST_FACTOR``), interior tokens form a second part whose rows are raw
+    ``w x w`` input windows (identity tables) projected by the folded weight
+    (:func:`_fold`, differentiable, so autograd unfolds its gradient); border tokens keep
+    the resize. The split reads the work list on the host, so fixed-size (accelerator)
+    work lists never fold.
+    """
+    base, window = table.shape[2], table.shape[3]
+    if patch == base or window * window >= base * base or _is_padded(x):
+        return [(weight, work, table)]
+    row_class = interior_class(patch, base, x.shape[1] // patch)
+    col_class = interior_class(patch, base, x.shape[2] // patch)
+    if row_class < 0 or col_class < 0:
+        return [(weight, work, table)]
+    inner = (work[:, 5] == row_class) & (work[:, 6] == col_class)
+    n_inner = int(inner.sum())
+    if n_inner * (base * base - window * window) <= _FOLD_COST_FACTOR * base * base * window * window:
+        return [(weight, work, table)]
+    inner_work = work[inner]
+    inner_work[:, 5:] = 0
+    kron = torch.kron(table[0, row_class], table[1, col_class]).to(weight.dtype)  # [(x y), (a b)]
+    parts = [(_fold(weight, kron), inner_work, _identity_tables(window, table.dtype, table.device))]
+    if n_inner < work.shape[0]:
+        parts.append((weight, work[~inner], table))
+    return parts
+
+
+@functools.lru_cache(maxsize=64)
+def _identity_tables(window: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Tables whose "resize" returns the raw ``window x window`` input window."""
+    eye = torch.eye(window, dtype=dtype, device=device)
+    return torch.stack((eye, eye))[:, None]
+
+
+def _fold(weight, kron):
+    """``[D, P*P*C]`` -> ``[D, w*w*C]``: ``folded[d, (a b c)] = sum_{x y} weight[d, (x y c)] kron[(x y), (a b)]``."""
+    d, (pp, ww) = weight.shape[0], kron.shape
+    by_pixel = weight.reshape(d, pp, -1).transpose(0, 1).reshape(pp, -1)  # [(x y), (d c)]
+    return (kron.t() @ by_pixel).reshape(ww, d, -1).transpose(0, 1).reshape(d, -1)
 
 
 def _scatter_rows(out, rows, slot, padded):
@@ -41,35 +94,62 @@ def _selected_grad(grad, slot, padded):
     return picked
 
 
-def _is_padded(work: torch.Tensor) -> bool:
-    # CPU work lists are exact (no padding rows); fixed-size ones are only built elsewhere.
-    return work.device.type != "cpu" or backends.select_name(work.device) == "triton"
+def _present(t: torch.Tensor) -> torch.Tensor | None:
+    """An optional per-entry tensor: lists of the op hold an empty tensor for "none"
+    (lists with None items do not round-trip through autograd's input structure)."""
+    return t if t.numel() else None
+
+
+def _is_padded(t: torch.Tensor) -> bool:
+    """Whether work lists on this tensor's device are fixed-size (padding rows, slot -1).
+
+    On CPU they are exact: reading the selection on the host costs nothing there. The
+    Triton backend always gets fixed-size lists, so the interpreter tests cover them.
+    """
+    return t.device.type != "cpu" or backends.select_name(t.device) == "triton"
 
 
 @torch.library.custom_op("mim_fast::tokenize_rows", mutates_args=())
 def _tokenize_rows_op(
     xs: list[torch.Tensor],
     weights: list[torch.Tensor],
-    biases: list[torch.Tensor | None],
-    keeps: list[torch.Tensor | None],
+    biases: list[torch.Tensor],
+    keeps: list[torch.Tensor],
     works: list[torch.Tensor],
     tables: list[torch.Tensor],
     patch_sizes: list[int],
     num_rows: int,
-) -> torch.Tensor:
-    out = xs[0].new_zeros((num_rows, weights[0].shape[0]))
+    save_patches: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Rows ``[num_rows, D]`` of the packed tokens, and each entry's patches when
+    ``save_patches`` (kept for the weight gradient instead of being rebuilt)."""
+    padded = any(_is_padded(w) for w in works)
+    dim = weights[0].shape[0]
+    # Exact work lists cover every real row, so only the padding rows need zeroing.
+    out = xs[0].new_zeros((num_rows, dim)) if padded else xs[0].new_empty((num_rows, dim))
+    covered = None if padded else torch.zeros(num_rows, dtype=torch.bool, device=xs[0].device)
+    saved = []
     for x, weight, bias, keep, work, table, patch in zip(xs, weights, biases, keeps, works, tables, patch_sizes):
-        if work.shape[0] == 0:
-            continue
+        bias, keep = _present(bias), _present(keep)
         patches = backends.select(x.device).token_patches(x, keep, work, table, patch)
-        rows = torch.addmm(bias, patches, weight.t()) if bias is not None else patches @ weight.t()
-        _scatter_rows(out, rows, work[:, 4], _is_padded(work))
-    return out
+        if work.shape[0]:
+            rows = torch.addmm(bias, patches, weight.t()) if bias is not None else patches @ weight.t()
+            _scatter_rows(out, rows, work[:, 4], padded)
+            if covered is not None:
+                covered[work[:, 4]] = True
+        saved.append(patches if save_patches else x.new_empty(0))
+    if covered is not None:
+        out.index_fill_(0, (~covered).nonzero().squeeze(1), 0)
+    return out, saved
 
 
 @_tokenize_rows_op.register_fake
-def _(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows):
-    return xs[0].new_empty((num_rows, weights[0].shape[0]))
+def _(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches):
+    saved = [
+        x.new_empty((w.shape[0], t.shape[2] * t.shape[2] * x.shape[-1])) if save_patches else x.new_empty(0)
+        for x, w, t in zip(xs, works, tables)
+    ]
+    return xs[0].new_empty((num_rows, weights[0].shape[0])), saved
 
 
 @torch.library.custom_op("mim_fast::tokenize_rows_backward", mutates_args=())
@@ -77,10 +157,11 @@ def _tokenize_rows_backward_op(
     grad: torch.Tensor,
     xs: list[torch.Tensor],
     weights: list[torch.Tensor],
-    keeps: list[torch.Tensor | None],
+    keeps: list[torch.Tensor],
     works: list[torch.Tensor],
     tables: list[torch.Tensor],
     patch_sizes: list[int],
+    saved_patches: list[torch.Tensor],
     need_x: list[bool],
     need_weight: list[bool],
     need_bias: list[bool],
@@ -90,9 +171,10 @@ def _tokenize_rows_backward_op(
     grad_xs, grad_ws, grad_bs = [], [], []
     for e, (x, weight, keep, work, table, patch) in enumerate(zip(xs, weights, keeps, works, tables, patch_sizes)):
         backend = backends.select(x.device)
+        keep = _present(keep)
         picked = _selected_grad(grad, work[:, 4], _is_padded(work))
         if need_weight[e]:
-            patches = backend.token_patches(x, keep, work, table, patch)
+            patches = saved_patches[e] if saved_patches[e].numel() else backend.token_patches(x, keep, work, table, patch)
             grad_ws.append(picked.t() @ patches)
         else:
             grad_ws.append(x.new_empty(0))
@@ -105,7 +187,7 @@ def _tokenize_rows_backward_op(
 
 
 @_tokenize_rows_backward_op.register_fake
-def _(grad, xs, weights, keeps, works, tables, patch_sizes, need_x, need_weight, need_bias):
+def _(grad, xs, weights, keeps, works, tables, patch_sizes, saved_patches, need_x, need_weight, need_bias):
     grad_xs = [torch.empty_like(x, memory_format=torch.contiguous_format) if n else x.new_empty(0) for x, n in zip(xs, need_x)]
     grad_ws = [torch.empty_like(w, memory_format=torch.contiguous_format) if n else w.new_empty(0) for w, n in zip(weights, need_weight)]
     grad_bs = [w.new_empty(w.shape[0]) if n else w.new_empty(0) for w, n in zip(weights, need_bias)]
@@ -113,38 +195,27 @@ def _(grad, xs, weights, keeps, works, tables, patch_sizes, need_x, need_weight,
 
 
 def _setup_context(ctx, inputs, output):
-    xs, weights, biases, keeps, works, tables, patch_sizes, _ = inputs
-    ctx.save_for_backward(*xs, *weights, *[k if k is not None else xs[0].new_empty(0) for k in keeps], *works, *tables)
-    ctx.has_keep = [k is not None for k in keeps]
-    ctx.has_bias = [b is not None for b in biases]
+    xs, weights, biases, keeps, works, tables, patch_sizes, _, _ = inputs
+    _, saved = output
+    ctx.save_for_backward(*xs, *weights, *keeps, *works, *tables, *saved)
+    ctx.has_bias = [_present(b) is not None for b in biases]
     ctx.patch_sizes = list(patch_sizes)
 
 
-def _backward(ctx, grad):
+def _backward(ctx, grad, _grad_saved):
     n = len(ctx.patch_sizes)
-    saved = ctx.saved_tensors
-    xs, weights, keeps, works, tables = (list(saved[k * n : (k + 1) * n]) for k in range(5))
-    keeps = [k if has else None for k, has in zip(keeps, ctx.has_keep)]
+    stored = ctx.saved_tensors
+    xs, weights, keeps, works, tables, saved = (list(stored[k * n : (k + 1) * n]) for k in range(6))
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_b = [bool(nb) and has for nb, has in zip(need_b, ctx.has_bias)]
     flat = _tokenize_rows_backward_op(
-        grad.contiguous(), xs, weights, keeps, works, tables, ctx.patch_sizes, list(need_x), list(need_w), need_b
+        grad.contiguous(), xs, weights, keeps, works, tables, ctx.patch_sizes, saved, list(need_x), list(need_w), need_b
     )
     grad_xs = [g if nx else None for g, nx in zip(flat[:n], need_x)]
     grad_ws = [g if nw else None for g, nw in zip(flat[n : 2 * n], need_w)]
     grad_bs = [g if nb else None for g, nb in zip(flat[2 * n :], need_b)]
-    # Autograd matches the structure of the inputs, where a list holding no tensor is a leaf.
     nothing = [None] * n
-    return (
-        grad_xs,
-        grad_ws,
-        grad_bs if any(ctx.has_bias) else None,
-        nothing if any(ctx.has_keep) else None,
-        nothing,
-        nothing,
-        None,
-        None,
-    )
+    return grad_xs, grad_ws, grad_bs, nothing, nothing, nothing, None, None, None
 
 
 _tokenize_rows_op.register_autograd(_backward, setup_context=_setup_context)
@@ -202,14 +273,17 @@ def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int
         n_tokens = grid[0] * grid[1] * grid[2]
         own = chosen[:, entry.offset : entry.offset + n_tokens * entry.stride : entry.stride]
         work = work_rows(own, row_of, entry.offset, entry.stride, grid, row_class, col_class, length, _is_padded(x))
-        xs.append(x.contiguous())
-        weights.append(entry.weight)
-        biases.append(entry.bias)
-        keeps.append(entry.keep)
-        works.append(work)
-        tables.append(table)
-        patches.append(p)
-    out = _tokenize_rows_op(xs, weights, biases, keeps, works, tables, patches, batch * length)
+        x = x.contiguous()
+        for weight, part_work, part_table in _entry_parts(x, entry.weight, work, table, p):
+            xs.append(x)
+            weights.append(weight)
+            biases.append(entry.bias if entry.bias is not None else x.new_empty(0))
+            keeps.append(entry.keep if entry.keep is not None else x.new_empty(0, dtype=torch.bool))
+            works.append(part_work)
+            tables.append(part_table)
+            patches.append(p)
+    save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+    out, _ = _tokenize_rows_op(xs, weights, biases, keeps, works, tables, patches, batch * length, save)
     return Packed(out.view(batch, length, entries[0].weight.shape[0]), indices, mask, seqlens)
 
 

@@ -297,3 +297,18 @@ def window_tables(patch: int, base: int, num_rows: int, num_cols: int):
     tables[0, : row_weights.shape[0]] = row_weights
     tables[1, : col_weights.shape[0]] = col_weights
     return row_class, col_class, tables
+
+
+@functools.lru_cache(maxsize=256)
+def interior_class(patch: int, base: int, num_tokens: int) -> int:
+    """Window class of the tokens unaffected by the borders (-1 if no token is).
+
+    Interior tokens have the periodic weights of a token far from both ends of the axis.
+    """
+    class_of_token, class_weights = window_classes(patch, base, num_tokens)
+    _, far = token_window_weights(patch, base, 9)
+    periodic = far[4]
+    for k in range(class_weights.shape[0]):
+        if float((class_weights[k] - periodic).abs().max()) <= 1e-12:
+            return k
+    return -1

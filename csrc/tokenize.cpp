@@ -107,6 +107,21 @@ std::vector<std::pair<int64_t, int64_t>> tap_ranges(const acc_t* tables, const R
   return taps;
 }
 
+// dst[k] = sum_{v in [v_lo, v_hi)} e[v] * src[v * pixel_stride + k] for k < N.
+template <int N, typename scalar_t, typename acc_t>
+inline void column_block(acc_t* __restrict dst, const scalar_t* __restrict src, const acc_t* __restrict e,
+                         int64_t v_lo, int64_t v_hi, int64_t pixel_stride) {
+  acc_t a[N] = {};
+  for (int64_t v = v_lo; v < v_hi; ++v) {
+    const acc_t w = e[v];
+    const scalar_t* s = src + v * pixel_stride;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) a[k] += w * static_cast<acc_t>(s[k]);
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < N; ++k) dst[k] = a[k];
+}
+
 template <typename scalar_t, typename acc_t>
 void build_rows(const scalar_t* x, const bool* keep, const int64_t* work, const acc_t* tables, scalar_t* out,
                 const Rows& g) {
@@ -155,13 +170,14 @@ void build_rows(const scalar_t* x, const bool* keep, const int64_t* work, const 
         const scalar_t* src = x + (((b * g.H + top + u) * g.W + left) * g.T + t) * g.C;
         acc_t* cu = cols.data() + u * PC;
         for (int64_t q2 = 0; q2 < g.P; ++q2) {
+          const int64_t v_lo = ct[q2].first, v_hi = ct[q2].second;
+          const acc_t* e = cw + q2 * g.win;
           acc_t* c2 = cu + q2 * g.C;
-          for (int64_t c = 0; c < g.C; ++c) c2[c] = acc_t(0);
-          for (int64_t v = ct[q2].first; v < ct[q2].second; ++v) {
-            const acc_t e = cw[q2 * g.win + v];
-            const scalar_t* s_ = src + v * g.T * g.C;
-            for (int64_t c = 0; c < g.C; ++c) c2[c] += e * static_cast<acc_t>(s_[c]);
-          }
+          // Fixed-width channel blocks so the short channel loops unroll and vectorise.
+          int64_t c = 0;
+          for (; c + 8 <= g.C; c += 8) column_block<8>(c2 + c, src + c, e, v_lo, v_hi, g.T * g.C);
+          for (; c + 4 <= g.C; c += 4) column_block<4>(c2 + c, src + c, e, v_lo, v_hi, g.T * g.C);
+          for (; c < g.C; ++c) column_block<1>(c2 + c, src + c, e, v_lo, v_hi, g.T * g.C);
         }
       }
       for (int64_t q1 = 0; q1 < g.P; ++q1) {

@@ -209,7 +209,7 @@ def _backward(ctx, grad, _grad_saved):
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_b = [bool(nb) and has for nb, has in zip(need_b, ctx.has_bias)]
     flat = _tokenize_rows_backward_op(
-        grad.contiguous(), xs, weights, keeps, works, tables, ctx.patch_sizes, saved, list(need_x), list(need_w), need_b
+        grad, xs, weights, keeps, works, tables, ctx.patch_sizes, saved, list(need_x), list(need_w), need_b
     )
     grad_xs = [g if nx else None for g, nx in zip(flat[:n], need_x)]
     grad_ws = [g if nw else None for g, nw in zip(flat[n : 2 * n], need_w)]

@@ -250,3 +250,18 @@ def test_folded_interior_tokens_match_reference(monkeypatch, patch):
     want = torch.autograd.grad((ref.tokens * probe).sum(), (x, weight, bias))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-9)
+
+
+def test_frozen_weight_fold_cache_follows_in_place_updates():
+    """Frozen weights fold once; an in-place update must invalidate the cached fold."""
+    if not mim_fast.backends.status("cpp").available:
+        pytest.skip("cpp backend unavailable")
+    x, weight, bias, codes = _inputs(2, 12, 12, 1, 2, 4, 1)
+    codes.fill_(2)
+    with torch.no_grad(), mim_fast.use_backend("cpp"):
+        first = mim_fast.tokenize(x, weight, bias, codes, select=2, patch_size=1)
+        torch.testing.assert_close(first.tokens, reference_tokenize(x, weight, bias, codes, select=2, patch_size=1).tokens, atol=1e-11, rtol=0)
+        weight.mul_(2.0)
+        second = mim_fast.tokenize(x, weight, bias, codes, select=2, patch_size=1)
+    want = reference_tokenize(x, weight, bias, codes, select=2, patch_size=1)
+    torch.testing.assert_close(second.tokens, want.tokens, atol=1e-11, rtol=0)

@@ -12,7 +12,9 @@ Weight and bias gradients come from the selected tokens only (the patches are re
 the backward instead of being saved); the input gradient is the adjoint resize.
 """
 
+import collections
 import functools
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +36,7 @@ from .patch_embed import _validate as _validate_patch_embed
 _FOLD_COST_FACTOR = 5
 
 
-def _entry_parts(x, weight, work, table, patch):
+def _entry_parts(x, weight, work, table, patch, padded):
     """Split one entry's work rows into ``(weight, work, tables)`` parts.
 
     Normally one part: rows are resized patches projected by ``weight``. When folding
@@ -45,7 +47,7 @@ def _entry_parts(x, weight, work, table, patch):
     work lists never fold.
     """
     base, window = table.shape[2], table.shape[3]
-    if patch == base or window * window >= base * base or _is_padded(x):
+    if patch == base or window * window >= base * base or padded:
         return [(weight, work, table)]
     row_class = interior_class(patch, base, x.shape[1] // patch)
     col_class = interior_class(patch, base, x.shape[2] // patch)
@@ -53,15 +55,60 @@ def _entry_parts(x, weight, work, table, patch):
         return [(weight, work, table)]
     inner = (work[:, 5] == row_class) & (work[:, 6] == col_class)
     n_inner = int(inner.sum())
-    if n_inner * (base * base - window * window) <= _FOLD_COST_FACTOR * base * base * window * window:
+    frozen = not (torch.is_grad_enabled() and weight.requires_grad)
+    # A frozen weight (e.g. a target projection) is folded once and cached: folding is free then.
+    fold_cost = 0 if frozen else _FOLD_COST_FACTOR * base * base * window * window
+    if n_inner == 0 or n_inner * (base * base - window * window) <= fold_cost:
         return [(weight, work, table)]
     inner_work = work[inner]
     inner_work[:, 5:] = 0
-    kron = torch.kron(table[0, row_class], table[1, col_class]).to(weight.dtype)  # [(x y), (a b)]
-    parts = [(_fold(weight, kron), inner_work, _identity_tables(window, table.dtype, table.device))]
+    kron_key = (patch, base, x.shape[1] // patch, x.shape[2] // patch, row_class, col_class)
+    kron = _interior_kron(kron_key, table, weight.dtype)
+    folded = _cached_fold(weight, kron, kron_key) if frozen else _fold(weight, kron)
+    parts = [(folded, inner_work, _identity_tables(window, table.dtype, table.device))]
     if n_inner < work.shape[0]:
         parts.append((weight, work[~inner], table))
     return parts
+
+
+_KRON_CACHE: dict = {}
+_FOLD_CACHE: collections.OrderedDict = collections.OrderedDict()
+_FOLD_CACHE_SIZE = 64
+
+
+def _interior_kron(key, table, dtype):
+    """``kron(RW, CW) [(x y), (a b)]`` of the interior class (cached per grid and dtype)."""
+    full_key = key + (dtype, table.device)
+    if full_key not in _KRON_CACHE:
+        _KRON_CACHE[full_key] = torch.kron(table[0, key[4]], table[1, key[5]]).to(dtype)
+    return _KRON_CACHE[full_key]
+
+
+def _cached_fold(weight, kron, key):
+    """:func:`_fold` of a weight that is not being trained, reused while the weight is unchanged.
+
+    An entry is valid for the same tensor object (weak reference), storage and version
+    counter: in-place updates (optimizer steps, ``load_state_dict``, EMA updates done with
+    tensor ops) invalidate it. Writes through ``weight.data`` bypass the version counter;
+    call :func:`clear_fold_cache` after those.
+    """
+    full_key = (id(weight),) + key
+    entry = _FOLD_CACHE.get(full_key)
+    stamp = (weight.data_ptr(), weight._version)
+    if entry is not None and entry[0]() is weight and entry[1] == stamp:
+        _FOLD_CACHE.move_to_end(full_key)
+        return entry[2]
+    with torch.no_grad():
+        folded = _fold(weight, kron)
+    _FOLD_CACHE[full_key] = (weakref.ref(weight), stamp, folded)
+    while len(_FOLD_CACHE) > _FOLD_CACHE_SIZE:
+        _FOLD_CACHE.popitem(last=False)
+    return folded
+
+
+def clear_fold_cache() -> None:
+    """Forget every cached folded weight (see :func:`_cached_fold`)."""
+    _FOLD_CACHE.clear()
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,13 +147,13 @@ def _present(t: torch.Tensor) -> torch.Tensor | None:
     return t if t.numel() else None
 
 
-def _is_padded(t: torch.Tensor) -> bool:
-    """Whether work lists on this tensor's device are fixed-size (padding rows, slot -1).
+def _is_padded(device: torch.device, backend_name: str) -> bool:
+    """Whether work lists are fixed-size (padding rows, slot -1) for this device and backend.
 
     On CPU they are exact: reading the selection on the host costs nothing there. The
     Triton backend always gets fixed-size lists, so the interpreter tests cover them.
     """
-    return t.device.type != "cpu" or backends.select_name(t.device) == "triton"
+    return device.type != "cpu" or backend_name == "triton"
 
 
 @torch.library.custom_op("mim_fast::tokenize_rows", mutates_args=())
@@ -123,7 +170,8 @@ def _tokenize_rows_op(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Rows ``[num_rows, D]`` of the packed tokens, and each entry's patches when
     ``save_patches`` (kept for the weight gradient instead of being rebuilt)."""
-    padded = any(_is_padded(w) for w in works)
+    name = backends.select_name(xs[0].device)
+    backend, padded = backends.module(name), _is_padded(xs[0].device, name)
     dim = weights[0].shape[0]
     # Exact work lists cover every real row, so only the padding rows need zeroing.
     out = xs[0].new_zeros((num_rows, dim)) if padded else xs[0].new_empty((num_rows, dim))
@@ -131,7 +179,7 @@ def _tokenize_rows_op(
     saved = []
     for x, weight, bias, keep, work, table, patch in zip(xs, weights, biases, keeps, works, tables, patch_sizes):
         bias, keep = _present(bias), _present(keep)
-        patches = backends.select(x.device).token_patches(x, keep, work, table, patch)
+        patches = backend.token_patches(x, keep, work, table, patch)
         if work.shape[0]:
             rows = torch.addmm(bias, patches, weight.t()) if bias is not None else patches @ weight.t()
             _scatter_rows(out, rows, work[:, 4], padded)
@@ -169,10 +217,11 @@ def _tokenize_rows_backward_op(
     """Flat list ``[grad_x per entry] + [grad_weight per entry] + [grad_bias per entry]``
     (distinct empty tensors where a gradient was not asked for)."""
     grad_xs, grad_ws, grad_bs = [], [], []
+    name = backends.select_name(grad.device)
+    backend, padded = backends.module(name), _is_padded(grad.device, name)
     for e, (x, weight, keep, work, table, patch) in enumerate(zip(xs, weights, keeps, works, tables, patch_sizes)):
-        backend = backends.select(x.device)
         keep = _present(keep)
-        picked = _selected_grad(grad, work[:, 4], _is_padded(work))
+        picked = _selected_grad(grad, work[:, 4], padded)
         if need_weight[e]:
             patches = saved_patches[e] if saved_patches[e].numel() else backend.token_patches(x, keep, work, table, patch)
             grad_ws.append(picked.t() @ patches)
@@ -260,6 +309,7 @@ def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int
     chosen = codes == select
     indices, seqlens, mask, row_of = packed_layout(chosen, max_len)
     batch, length = mask.shape
+    padded = _is_padded(codes.device, backends.select_name(codes.device))
     xs, weights, biases, keeps, works, tables, patches = [], [], [], [], [], [], []
     for entry in entries:
         x, p, base = entry.x, entry.patch_size, entry.base_patch_size
@@ -272,9 +322,9 @@ def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int
         row_class, col_class, table = device_tables(p, base, grid[0], grid[1], x.device, acc)
         n_tokens = grid[0] * grid[1] * grid[2]
         own = chosen[:, entry.offset : entry.offset + n_tokens * entry.stride : entry.stride]
-        work = work_rows(own, row_of, entry.offset, entry.stride, grid, row_class, col_class, length, _is_padded(x))
+        work = work_rows(own, row_of, entry.offset, entry.stride, grid, row_class, col_class, length, padded)
         x = x.contiguous()
-        for weight, part_work, part_table in _entry_parts(x, entry.weight, work, table, p):
+        for weight, part_work, part_table in _entry_parts(x, entry.weight, work, table, p, padded):
             xs.append(x)
             weights.append(weight)
             biases.append(entry.bias if entry.bias is not None else x.new_empty(0))

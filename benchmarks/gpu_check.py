@@ -1,5 +1,7 @@
 """One-command GPU check: build the extension, run the test suite on CUDA, benchmark every op
-against eager and torch.compile of the reference on CUDA (fp32 and bf16), write a JSON summary.
+and the tokenization stage of an experiment-14 microbatch against eager and torch.compile of
+the reference on CUDA (fp32 and bf16), check the fused stage never synchronises with the host
+when max_len is given, write a JSON summary.
 
     python benchmarks/gpu_check.py --out gpu_summary.json          # about 5 minutes on one GPU
     python benchmarks/gpu_check.py --skip-build --skip-tests        # benchmarks only
@@ -105,6 +107,72 @@ def run_benchmarks(device: str, quick: bool, repeats: int, hbm_peak_tbs: float, 
     return rows
 
 
+def run_stage(device: str, repeats: int, hbm_peak_tbs: float, compile_reference: bool, batch_size: int) -> list[dict]:
+    """Tokenization stage of one experiment-14 microbatch (see mim_fast/bench/stage.py), fp32 and bf16."""
+    import torch
+
+    from mim_fast.bench.stage import SHAPES, build_case
+    from mim_fast.bench.timing import median_seconds
+
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in SHAPES:
+            _step(f"stage {shape} B={batch_size} {dtype}")
+            try:
+                case = build_case(*shape, batch_size, device=device, dtype=dtype)
+                paths = ["fused", "eager"] + (["compiled"] if compile_reference else [])
+                medians = {p: median_seconds(case.paths[p], repeats=repeats, warmup=3, device=device) for p in paths}
+            except Exception as err:  # record and continue
+                rows.append({"stage": shape, "dtype": str(dtype), "error": repr(err)[:500]})
+                print("ERROR", repr(err)[:500])
+                continue
+            # Minimum traffic of the fused path: every input pixel and weight read once, packed tokens written
+            # (online forward, weight gradient, target forward).
+            element = torch.finfo(dtype).bits // 8
+            data_bytes = case.input_elements * element
+            token_bytes = (2 * case.online_tokens + case.target_tokens) * 768 * element
+            row = {
+                "stage": {"patch": shape[0], "hw_p": shape[1], "T": shape[2], "B": batch_size},
+                "dtype": str(dtype),
+                "median_ms": {k: v * 1e3 for k, v in medians.items()},
+                "speedup_vs_eager": medians["eager"] / medians["fused"],
+                "required_tflops": case.required_flops / medians["fused"] / 1e12,
+                "achieved_tb_per_s": (2 * data_bytes + case.weight_elements * element * 3 + token_bytes)
+                / medians["fused"]
+                / 1e12,
+            }
+            row["fraction_of_hbm_peak"] = row["achieved_tb_per_s"] / hbm_peak_tbs
+            if "compiled" in medians:
+                row["speedup_vs_compile"] = medians["compiled"] / medians["fused"]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def check_sync_free(device: str) -> dict:
+    """Fused stage with max_len given under torch.cuda.set_sync_debug_mode("error")."""
+    import torch
+
+    from mim_fast.bench.stage import build_case
+
+    _step("no host synchronisation with max_len (set_sync_debug_mode('error'))")
+    if device != "cuda":
+        return {"skipped": "needs a CUDA device"}
+    case = build_case(4, 6, 9, 32, device=device, max_len=6 * 6 * 9 * 9)
+    case.paths["fused"]()  # warm-up: kernel compilation and cached tables may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        case.paths["fused"]()
+        result = {"ok": True}
+    except RuntimeError as err:
+        result = {"ok": False, "error": str(err)[:1000]}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    print(result)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "gpu_summary.json"))
@@ -116,6 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--test-timeout", type=int, default=240, help="seconds allowed for the test suite")
     parser.add_argument("--hbm-peak-tbs", type=float, default=4.8)
+    parser.add_argument("--skip-stage", action="store_true", help="skip the tokenization-stage benchmark")
+    parser.add_argument("--stage-batch", type=int, default=32, help="microbatch of the stage benchmark (default 32)")
     args = parser.parse_args(argv)
 
     summary = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device_requested": args.device}
@@ -156,6 +226,14 @@ def main(argv=None) -> int:
         compile_reference=not args.no_compile,
     )
     save()
+    summary["sync_free"] = check_sync_free(args.device)
+    save()
+    if not args.skip_stage:
+        summary["stage"] = run_stage(
+            args.device, repeats=args.repeats, hbm_peak_tbs=args.hbm_peak_tbs,
+            compile_reference=not args.no_compile, batch_size=args.stage_batch,
+        )
+        save()
     print(f"\nwrote {args.out}")
     return 0
 

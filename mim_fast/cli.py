@@ -24,6 +24,16 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to benchmark (default: cpu)")
     bench.add_argument("--repeats", type=int, default=11, help="timed runs per provider (median reported; default 11)")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    bench.add_argument(
+        "--stage",
+        action="store_true",
+        help="instead of single ops, time the tokenization stage of one experiment-14 microbatch "
+        "(online forward+backward and DECODER targets; fused vs eager reference vs torch.compile) "
+        "at the study's five (patch, crop, T) shapes; CPU only, several minutes",
+    )
+    bench.add_argument("--batch", type=int, nargs="+", default=[8, 32], help="--stage batch sizes (default: 8 32)")
+    bench.add_argument("--no-compile", action="store_true", help="--stage: skip the torch.compile baseline")
+    bench.add_argument("--no-memory", action="store_true", help="--stage: skip the peak-memory measurement")
     return parser
 
 
@@ -37,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.repeats < 1:
             print("mim-fast bench: --repeats must be >= 1", file=sys.stderr)
             return 2
+        if args.stage:
+            if args.device != "cpu":
+                print("mim-fast bench --stage: only --device cpu is supported (the GPU check script covers GPUs)", file=sys.stderr)
+                return 2
+            from .bench.stage_run import main as stage_main
+
+            return stage_main(args.batch, args.repeats, not args.no_compile, not args.no_memory, args.json)
         from .bench.run import main as bench_main
 
         return bench_main(device=args.device, quick=args.quick, repeats=args.repeats, json_path=args.json)

@@ -27,10 +27,6 @@ has no encoder or no decoder token, is left out.)
 """
 
 import copy
-import json
-import resource
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -79,8 +75,10 @@ def cross_random_codes(batch: int, grids: dict[str, tuple[int, int, int]], gener
     return codes
 
 
-def make_batch(batch: int, patch: int, hw_p: int, time: int, *, seed: int = 0, dtype=torch.float32) -> MaskedBatch:
-    """A synthetic experiment-14 microbatch: data ~ N(0, 1), pixel-level masks."""
+def make_batch(
+    batch: int, patch: int, hw_p: int, time: int, *, seed: int = 0, dtype=torch.float32, device="cpu"
+) -> MaskedBatch:
+    """A synthetic experiment-14 microbatch: data ~ N(0, 1), pixel-level masks (made on CPU, moved to ``device``)."""
     gen = torch.Generator().manual_seed(seed)
     size = hw_p * patch
     grids, fields = {}, {}
@@ -93,16 +91,16 @@ def make_batch(batch: int, patch: int, hw_p: int, time: int, *, seed: int = 0, d
     for m, c in codes.items():
         fields[f"{m}_mask"] = c.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[..., None]
     fields["timestamps"] = torch.zeros(batch, time, 3, dtype=torch.long)
-    return MaskedBatch(**fields)
+    return MaskedBatch(**{k: v.to(device) for k, v in fields.items()})
 
 
-def _band_keep(batch: int, bands: int) -> torch.Tensor | None:
+def _band_keep(batch: int, bands: int, device) -> torch.Tensor | None:
     """Reference band dropout: rate ~ U(0, 0.3), keep = U >= rate, one random band forced if none kept."""
     if bands == 1:
         return None
-    rate = torch.rand(()) * MAX_BAND_DROPOUT
-    keep = torch.rand(batch, bands) >= rate
-    forced = F.one_hot(torch.randint(bands, (batch,)), bands).bool()
+    rate = torch.rand((), device=device) * MAX_BAND_DROPOUT
+    keep = torch.rand(batch, bands, device=device) >= rate
+    forced = F.one_hot(torch.randint(bands, (batch,), device=device), bands).bool()
     return keep | (forced & ~keep.any(dim=1, keepdim=True))
 
 
@@ -134,7 +132,7 @@ def eager_tokens(params: dict, batch, patch: int, select: int, dropout: bool) ->
     for m in MODALITIES:
         x = getattr(batch, m)
         weight, bias = params[m]
-        keep = _band_keep(x.shape[0], x.shape[-1]) if dropout else None
+        keep = _band_keep(x.shape[0], x.shape[-1], x.device) if dropout else None
         if keep is not None:
             x = x * keep[:, None, None, None, :]
         dense = _embed_dense(x, weight, bias, patch)
@@ -156,6 +154,8 @@ class StageCase:
     online_tokens: int
     target_tokens: int
     total_tokens: int
+    input_elements: int = 0
+    weight_elements: int = 0
 
 
 def _params(module: MultiModalPatchEmbeddings) -> dict:
@@ -166,23 +166,37 @@ def _params(module: MultiModalPatchEmbeddings) -> dict:
     return out
 
 
-def build_case(patch: int, hw_p: int, time: int, batch_size: int, *, dim: int = 768, seed: int = 0) -> StageCase:
-    """Inputs, modules and the fused / eager / compiled callables of one stage case."""
+def build_case(
+    patch: int,
+    hw_p: int,
+    time: int,
+    batch_size: int,
+    *,
+    dim: int = 768,
+    seed: int = 0,
+    device="cpu",
+    dtype=torch.float32,
+    max_len: int | None = None,
+) -> StageCase:
+    """Inputs, modules and the fused / eager / compiled callables of one stage case.
+
+    ``max_len`` is passed to the fused path (None: packed length read on the host).
+    """
     torch.manual_seed(seed)
     online = MultiModalPatchEmbeddings(
         MODALITIES, BASE_PATCH, dim, tokenization_config=TOKENIZATION,
         band_dropout_rate=MAX_BAND_DROPOUT, random_band_dropout=True,
-    )  # fmt: skip
+    ).to(device=device, dtype=dtype)  # fmt: skip
     target = copy.deepcopy(online).requires_grad_(False).eval()
     online.train()
-    batch = make_batch(batch_size, patch, hw_p, time, seed=seed)
+    batch = make_batch(batch_size, patch, hw_p, time, seed=seed, dtype=dtype, device=device)
     online_params, target_params = _params(online), _params(target)
 
     def fused():
         online.zero_grad(set_to_none=True)
-        online.forward_packed(batch, patch, select=MaskValue.ONLINE_ENCODER).tokens.sum().backward()
+        online.forward_packed(batch, patch, select=MaskValue.ONLINE_ENCODER, max_len=max_len).tokens.sum().backward()
         with torch.no_grad():
-            target.forward_packed(batch, patch, select=MaskValue.DECODER)
+            target.forward_packed(batch, patch, select=MaskValue.DECODER, max_len=max_len)
 
     def eager_step(tokens_fn):
         def run():
@@ -193,6 +207,8 @@ def build_case(patch: int, hw_p: int, time: int, batch_size: int, *, dim: int = 
 
         return run
 
+    # One graph per modality shape (channels, timesteps) and path: allow them all to compile.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     compiled = torch.compile(eager_tokens)
 
     counts = {"online": 0, "target": 0, "total": 0}
@@ -211,6 +227,7 @@ def build_case(patch: int, hw_p: int, time: int, batch_size: int, *, dim: int = 
         patch, hw_p, time, batch_size,
         {"fused": fused, "eager": eager_step(eager_tokens), "compiled": eager_step(compiled)},
         flops, counts["online"], counts["target"], counts["total"],
+        sum(getattr(batch, m).numel() for m in MODALITIES), sum(w.numel() for w, _ in online_params.values()),
     )  # fmt: skip
 
 
@@ -222,25 +239,24 @@ def gemm_rate(repeats: int = 11) -> float:
     return 2.0 * 4096 * 768 * 768 / median_seconds(lambda: a @ b, repeats=repeats)
 
 
-def peak_memory_bytes(path: str, patch: int, hw_p: int, time: int, batch_size: int) -> int:
-    """Peak resident memory one stage step adds above its set-up state, measured in a fresh process."""
-    code = (
-        "import json, resource, sys;"
-        "from mim_fast.bench.stage import _measure_in_process;"
-        f"print(json.dumps(_measure_in_process({path!r}, {patch}, {hw_p}, {time}, {batch_size})))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory measurement of {path} failed:\n{done.stderr[-2000:]}")
-    return int(json.loads(done.stdout.strip().splitlines()[-1]))
+def peak_memory_bytes(fn) -> int:
+    """Peak of the bytes held by tensors ``fn()`` allocates, above what was allocated before it.
 
-
-def _measure_in_process(path: str, patch: int, hw_p: int, time: int, batch_size: int) -> int:
-    case = build_case(patch, hw_p, time, batch_size)
-    fn = case.paths[path]
-    if path == "compiled":
-        fn()  # compile outside the measured step
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Read from the profiler's memory events (every CPU tensor allocation and release, in
+    order); released memory retained by the C allocator does not hide it, unlike the
+    process's resident-set high-water mark. ``fn`` is run once before, to warm up.
+    """
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) * 1024  # ru_maxrss is in KiB on Linux
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    held = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak
+
+
+def geometric_mean(values) -> float:
+    values = list(values)
+    return float(torch.tensor(values, dtype=torch.float64).log().mean().exp()) if values else float("nan")

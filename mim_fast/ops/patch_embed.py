@@ -1,9 +1,12 @@
 """Flexible linear patch embedding: registered ops, autograd and the functional API.
 
 The registered op embeds at the layer's native patch size P (``H`` and ``W`` multiples of
-P). For another requested patch size the functional first resizes the image exactly as
-the reference does (antialiased bicubic to ``(H // p * P, W // p * P)``); the fused
-tokenizer avoids materialising that resized image.
+P). For another requested patch size the result equals resizing the image as the
+reference does (antialiased bicubic to ``(H // p * P, W // p * P)``) and embedding that,
+but the functional computes every token's resized patch from its own input window with
+the fused tokenizer's kernels (``mim_fast.ops.tokenize``): the resized image is never
+built. Only when H or W is not a multiple of p (the image is then squashed, token windows
+are not periodic) is the image resized first.
 """
 
 import torch
@@ -140,6 +143,24 @@ def patch_embed(x, weight, bias=None, *, patch_size: int, base_patch_size: int |
     has_time = x.dim() == 5
     x5 = x if has_time else x.unsqueeze(3)
     if patch_size != base:
-        x5 = resize_channel_last(x5, x5.shape[1] // patch_size * base, x5.shape[2] // patch_size * base)
+        if x5.shape[1] % patch_size or x5.shape[2] % patch_size:
+            # Squash case: token windows are not periodic, resize the image first.
+            x5 = resize_channel_last(x5, x5.shape[1] // patch_size * base, x5.shape[2] // patch_size * base)
+        else:
+            out = _embed_every_token(x5, weight, bias, keep, patch_size, base)
+            return out if has_time else out.squeeze(3)
     out = _patch_embed_op(x5, weight, bias, keep, base)
     return out if has_time else out.squeeze(3)
+
+
+def _embed_every_token(x5, weight, bias, keep, patch_size, base):
+    """``[B, H//p, W//p, T, D]`` via the fused tokenizer with every token selected: each
+    token's resized patch is built from its input window, the resized image never exists."""
+    from .tokenize import TokenEntry, tokenize_entries
+
+    batch, height, width, time, _ = x5.shape
+    grid = (height // patch_size, width // patch_size, time)
+    codes = torch.zeros((batch, grid[0] * grid[1] * time), dtype=torch.int64, device=x5.device)
+    entry = TokenEntry(x5, weight, bias, keep, patch_size, base)
+    packed = tokenize_entries([entry], codes, 0, max_len=codes.shape[1])
+    return packed.tokens.reshape(batch, *grid, weight.shape[0])

@@ -18,9 +18,13 @@
 # The inner sum (the row pass) is a [window, BLOCK_C] tile per q1, kept in registers; the
 # column pass reduces it against one CW row per q2. Cost per token and channel is
 # P*w*w + P*P*w multiply-adds (w = window <= P + 4 for p <= P): for p = 1..8 at P = 8 that
-# is 200..1664 against the 2*D*P*P = 98304 of the projection GEMM at D = 768, so building
-# rows and then running one dense GEMM over them is cheaper than folding the resize into
-# per-class projection weights, which would split the GEMM by window class.
+# is 200..1664 against the 2*D*P*P = 98304 of the projection GEMM at D = 768, so the rows
+# cost a few percent of the GEMM that follows.
+# The alternative, folding the resize into the projection (weight' [D, w*w*C], the GEMM then
+# reads the raw window), has fewer GEMM flops only when w*w < P*P (p <= 3 at P = 8), needs
+# one folded weight per window class, and costs a fold of the weight per call. The caller
+# chooses per entry by cost (mim_fast/ops/tokenize.py): interior tokens of a frozen weight
+# (folded once, cached) use it with identity tables here, which return the raw window.
 # For p == P the patch is the token's own block (the tables are not read).
 #
 # The backward is the adjoint: the column pass transposed into a [window, BLOCK_C] tile,

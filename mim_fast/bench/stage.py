@@ -110,7 +110,12 @@ def _embed_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, patc
     images = x.permute(0, 3, 4, 1, 2).reshape(b * time, c, height, width)
     h, w = height // patch, width // patch
     if patch != BASE_PATCH:
-        images = F.interpolate(images, size=(h * BASE_PATCH, w * BASE_PATCH), mode="bicubic", antialias=True)
+        # No CPU kernel for low-precision antialiased bicubic: resize in float32 there.
+        upcast = images.device.type == "cpu" and images.dtype in (torch.bfloat16, torch.float16)
+        resized = F.interpolate(
+            images.float() if upcast else images, size=(h * BASE_PATCH, w * BASE_PATCH), mode="bicubic", antialias=True
+        )
+        images = resized.to(x.dtype)
     patches = images.reshape(b * time, c, h, BASE_PATCH, w, BASE_PATCH).permute(0, 2, 4, 3, 5, 1)
     tokens = F.linear(patches.reshape(b * time, h * w, -1), weight, bias)
     return tokens.reshape(b, time, h, w, -1).permute(0, 2, 3, 1, 4)  # [B, h, w, T, D]

@@ -19,10 +19,19 @@ import torch.nn.functional as F
 
 
 def resize_channel_last(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Antialiased bicubic resize of ``x [B, H, W, T, C]`` to ``[B, height, width, T, C]``."""
+    """Antialiased bicubic resize of ``x [B, H, W, T, C]`` to ``[B, height, width, T, C]``.
+
+    PyTorch has no CPU kernel of this resize for bfloat16/float16: on CPU those are resized
+    in float32 and rounded back (on CUDA they run natively, as in the reference).
+    """
     b, h, w, t, c = x.shape
     planes = x.permute(0, 3, 4, 1, 2).reshape(b * t, c, h, w)
+    upcast = x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+    if upcast:
+        planes = planes.float()
     resized = F.interpolate(planes, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    if upcast:
+        resized = resized.to(x.dtype)
     return resized.reshape(b, t, c, height, width).permute(0, 3, 4, 1, 2)
 
 

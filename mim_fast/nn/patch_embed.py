@@ -205,6 +205,28 @@ class MultiModalPatchEmbeddings(nn.Module):
             return mask[:, ::q, ::q][:, :h, :w]
         return mask.reshape(mask.shape[0], 1, 1, t, mask.shape[-1])
 
+    def token_grids(self, sample, patch_size: int) -> dict[str, tuple[int, int, int, int]]:
+        """``{modality: (H', W', T, n_band_sets)}`` of the supported modalities of ``sample``,
+        in packing order (time-only: ``(1, 1, T, n)``, static: ``(1, 1, 1, n)``)."""
+        grids = {}
+        for modality in self._modalities(sample):
+            x5, q, _ = self._token_grid(modality, getattr(sample, modality), patch_size)
+            grids[modality] = (x5.shape[1] // q, x5.shape[2] // q, x5.shape[3], len(self._band_sets[modality]))
+        return grids
+
+    def token_masks(self, sample, patch_size: int) -> dict[str, torch.Tensor]:
+        """Token-level mask codes ``{modality: mask}`` shaped like the reference's token masks."""
+        out = {}
+        for modality in self._modalities(sample):
+            data, mask = getattr(sample, modality), getattr(sample, f"{modality}_mask")
+            spec = get_modality(modality)
+            if spec.is_spatial:
+                x5, q, _ = self._token_grid(modality, data, patch_size)
+                out[modality] = mask[:, ::q, ::q][:, : x5.shape[1] // q, : x5.shape[2] // q]
+            else:
+                out[modality] = mask
+        return out
+
     # -- forward paths ---------------------------------------------------------------------
 
     def forward(self, input_data, patch_size: int, generator: torch.Generator | None = None) -> dict:

@@ -1,0 +1,150 @@
+"""Per-modality patch discrimination losses, vectorised over samples (no Python loop over
+samples, no host synchronisation on accelerators).
+
+For one sample and one modality, with its decoder tokens ``i`` (predictions ``p_i``, targets
+``t_j``, both L2-normalised) and ``s_ij = p_i . t_j / tau``::
+
+    loss_i = 2 tau * (-s_ii + log sum_j exp(s_ij))
+
+The sample's loss is the mean over its decoder tokens, the modality's loss the mean over
+samples with decoder tokens, and the total the (weighted) sum over modalities.
+
+Masked negatives (for ``mask_negatives_for_modalities``, the map modalities of the study):
+targets whose cosine similarity with the query's target exceeds ``same_target_threshold``
+(strictly) are removed from the denominator (the positive stays); if some token of a sample
+has no valid negative left, the whole sample is skipped (not counted in the mean) — the
+reference's per-sample loop semantics, kept on purpose.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from ..mask_value import MaskValue
+from ..ops.masked_gather import masked_gather
+from ..nn.tokens import field, present_modalities
+
+
+def _modality_terms(pred, target, valid, tau, threshold, mask_negatives, cast_fp32):
+    """(sum of per-sample losses over contributing samples, number of contributing samples)
+    for one modality; ``pred, target [B, L, D]``, ``valid [B, L]`` (real decoder tokens first)."""
+    if cast_fp32:
+        pred, target = pred.float(), target.float()
+    p = F.normalize(pred, dim=-1)
+    t = F.normalize(target, dim=-1)
+    batch, length = valid.shape
+    scores = p @ t.transpose(1, 2) / tau
+    count = valid.sum(1)
+    skip = torch.zeros_like(count, dtype=torch.bool)
+    if mask_negatives and length > 1:
+        same = (t @ t.transpose(1, 2)) > threshold
+        pair = valid[:, :, None] & valid[:, None, :]
+        eye = torch.eye(length, dtype=torch.bool, device=valid.device)
+        several = (count > 1)[:, None, None]
+        scores = scores.masked_fill(same & ~eye & pair & several, float("-inf"))
+        negatives = (~same & pair).sum(-1)
+        skip = ((negatives == 0) & valid & (count > 1)[:, None]).any(1)
+    lowest = torch.finfo(scores.dtype).max
+    scores = scores.masked_fill(~valid[:, None, :], -lowest).masked_fill(~valid[:, :, None], 0.0)
+    labels = torch.arange(length, device=valid.device).repeat(batch)
+    ce = F.cross_entropy(scores.reshape(batch * length, length), labels, reduction="none").view(batch, length)
+    per_token = ce * (2 * tau) * valid
+    contributes = (count > 0) & ~skip
+    per_sample = per_token.sum(1) / (count * contributes).clamp_min(1)
+    return (per_sample * contributes).sum(), contributes.sum()
+
+
+def _bound(n_tokens: int, keep: torch.Tensor) -> int | None:
+    """Packed length: exact on CPU (reading it costs nothing), the static ``n_tokens`` elsewhere."""
+    return None if keep.device.type == "cpu" else n_tokens
+
+
+class ModalityPatchDiscrimination:
+    """``modality_patch_discrimination_vec`` and, with ``mask_negatives_for_modalities``,
+    ``modality_patch_discrimination_masked_negatives`` (same config keys as the reference)."""
+
+    def __init__(
+        self,
+        tau: float = 0.1,
+        pred2unit: bool = False,
+        weight: float = 1.0,
+        modality_weights: dict | None = None,
+        same_target_threshold: float = 0.999,
+        mask_negatives_for_modalities: list | None = None,
+        masked_negatives: bool = False,
+    ):
+        if pred2unit:
+            raise NotImplementedError("pred2unit=True is not implemented (False in every configuration of the study)")
+        self.tau = float(tau)
+        self.weight = float(weight)
+        self.modality_weights = modality_weights
+        self.threshold = float(same_target_threshold)
+        self.masked_negatives = masked_negatives
+        self.mask_negatives_for = None if mask_negatives_for_modalities is None else set(mask_negatives_for_modalities)
+        self.name = "ModalityPatchDiscMasked" if masked_negatives else "ModalityPatchDisc"
+
+    def _weight_of(self, modality: str) -> float:
+        if self.modality_weights is None:
+            return 1.0
+        if self.masked_negatives:
+            return float(self.modality_weights.get(modality, 1.0))
+        return float(self.modality_weights[modality])
+
+    def _masks(self, modality: str) -> bool:
+        return self.masked_negatives and (self.mask_negatives_for is None or modality in self.mask_negatives_for)
+
+    def _total(self, per_modality):
+        total = None
+        for modality, (summed, contributing) in per_modality:
+            term = summed / contributing.clamp_min(1) * self._weight_of(modality)
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError("predictions: no modality to compute the loss on")
+        return total * self.weight
+
+    def compute(self, predictions, targets) -> torch.Tensor:
+        """Loss of reference-shaped predictions and targets.
+
+        Args:
+            predictions: TokensAndMasks-like (``.<m>`` tokens ``[B, ..., D]`` and ``.<m>_mask``)
+                or a dict ``{m: tokens, m + "_mask": mask}``; DECODER tokens are read from its masks.
+            targets: the same layout (its masks are ignored, as in the reference).
+        """
+        terms = []
+        for modality in present_modalities(targets):
+            pred = field(predictions, modality)
+            mask = field(predictions, f"{modality}_mask")
+            target = field(targets, modality)
+            if pred is None or mask is None:
+                raise ValueError(f"predictions: missing {modality!r} or {modality}_mask")
+            b, d = pred.shape[0], pred.shape[-1]
+            keep = mask.reshape(b, -1) == MaskValue.DECODER
+            n = keep.shape[1]
+            bound = _bound(n, keep)
+            p = masked_gather(pred.reshape(b, n, d), keep, max_len=bound)
+            t = masked_gather(target.reshape(b, n, -1), keep, max_len=bound)
+            terms.append((modality, _modality_terms(
+                p.tokens, t.tokens, p.mask, self.tau, self.threshold, self._masks(modality), self.masked_negatives
+            )))  # fmt: skip
+        return self._total(terms)
+
+    def compute_packed(self, pred, target, mask, group, modality_names, bounds=None) -> torch.Tensor:
+        """Loss of packed decoder tokens (the fast path of ``LatentMIM.training_loss``).
+
+        Args:
+            pred, target: ``[B, L, D]`` decoder predictions and targets, packed in the global
+                token order (modality blocks in ``modality_names`` order).
+            mask: ``[B, L]`` real rows. group: ``[B, L]`` modality index of every row.
+            modality_names: names of the modality indices.
+            bounds: per modality, an upper bound on its decoder tokens per sample (used on
+                accelerators instead of reading the counts on the host; default L).
+        """
+        terms = []
+        for k, modality in enumerate(modality_names):
+            keep = mask & (group == k)
+            bound = _bound(bounds[k] if bounds else keep.shape[1], keep)
+            p = masked_gather(pred, keep, max_len=bound)
+            t = masked_gather(target, keep, max_len=bound)
+            terms.append((modality, _modality_terms(
+                p.tokens, t.tokens, p.mask, self.tau, self.threshold, self._masks(modality), self.masked_negatives
+            )))  # fmt: skip
+        return self._total(terms)

@@ -31,6 +31,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "(online forward+backward and DECODER targets; fused vs eager reference vs torch.compile) "
         "at the study's five (patch, crop, T) shapes; CPU only, several minutes",
     )
+    bench.add_argument(
+        "--model",
+        action="store_true",
+        help="instead of single ops, time the masked-negatives loss against its per-sample loop and a "
+        "nano/tiny training step against the dense path (and the reference package when installed)",
+    )
     bench.add_argument("--batch", type=int, nargs="+", default=[8, 32], help="--stage batch sizes (default: 8 32)")
     bench.add_argument("--no-compile", action="store_true", help="--stage: skip the torch.compile baseline")
     bench.add_argument("--no-memory", action="store_true", help="--stage: skip the peak-memory measurement")
@@ -47,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.repeats < 1:
             print("mim-fast bench: --repeats must be >= 1", file=sys.stderr)
             return 2
+        if args.model:
+            from .bench.model_run import main as model_main
+
+            return model_main(args.repeats, args.json)
         if args.stage:
             if args.device != "cpu":
                 print("mim-fast bench --stage: only --device cpu is supported (the GPU check script covers GPUs)", file=sys.stderr)

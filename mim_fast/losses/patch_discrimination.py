@@ -26,28 +26,30 @@ from ..nn.tokens import field, present_modalities
 
 def _modality_terms(pred, target, valid, tau, threshold, mask_negatives, cast_fp32):
     """(sum of per-sample losses over contributing samples, number of contributing samples)
-    for one modality; ``pred, target [B, L, D]``, ``valid [B, L]`` (real decoder tokens first)."""
+    for one modality; ``pred, target [B, L, D]``, ``valid [B, L]`` (real decoder tokens first).
+
+    The per-token cross-entropy is ``logsumexp_j(s_ij) - s_ii`` over the allowed columns
+    (real tokens, minus masked near-identical targets); padding rows are zeroed before the
+    reduction so no row is empty (which would give NaN gradients).
+    """
     if cast_fp32:
         pred, target = pred.float(), target.float()
     p = F.normalize(pred, dim=-1)
     t = F.normalize(target, dim=-1)
-    batch, length = valid.shape
-    scores = p @ t.transpose(1, 2) / tau
+    scores = torch.bmm(p, t.transpose(1, 2)).mul_(1.0 / tau)
     count = valid.sum(1)
+    allowed = valid[:, None, :]
     skip = torch.zeros_like(count, dtype=torch.bool)
-    if mask_negatives and length > 1:
-        same = (t @ t.transpose(1, 2)) > threshold
-        pair = valid[:, :, None] & valid[:, None, :]
-        eye = torch.eye(length, dtype=torch.bool, device=valid.device)
-        several = (count > 1)[:, None, None]
-        scores = scores.masked_fill(same & ~eye & pair & several, float("-inf"))
-        negatives = (~same & pair).sum(-1)
+    if mask_negatives and valid.shape[1] > 1:
+        same = torch.bmm(t, t.transpose(1, 2)) > threshold
+        negatives = (allowed & ~same).sum(-1)
         skip = ((negatives == 0) & valid & (count > 1)[:, None]).any(1)
-    lowest = torch.finfo(scores.dtype).max
-    scores = scores.masked_fill(~valid[:, None, :], -lowest).masked_fill(~valid[:, :, None], 0.0)
-    labels = torch.arange(length, device=valid.device).repeat(batch)
-    ce = F.cross_entropy(scores.reshape(batch * length, length), labels, reduction="none").view(batch, length)
-    per_token = ce * (2 * tau) * valid
+        same &= (count > 1)[:, None, None]
+        same.diagonal(dim1=1, dim2=2).fill_(False)  # the positive always stays
+        allowed = allowed & ~same
+    scores = scores.masked_fill_(~allowed, float("-inf")).masked_fill_(~valid[:, :, None], 0.0)
+    ce = torch.logsumexp(scores, dim=-1) - scores.diagonal(dim1=1, dim2=2)
+    per_token = torch.where(valid, ce, 0.0) * (2 * tau)
     contributes = (count > 0) & ~skip
     per_sample = per_token.sum(1) / (count * contributes).clamp_min(1)
     return (per_sample * contributes).sum(), contributes.sum()

@@ -40,11 +40,39 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=int, nargs="+", default=[8, 32], help="--stage batch sizes (default: 8 32)")
     bench.add_argument("--no-compile", action="store_true", help="--stage: skip the torch.compile baseline")
     bench.add_argument("--no-memory", action="store_true", help="--stage: skip the peak-memory measurement")
+    sub.add_parser("list", help="the 13 experiment keys of the study")
+    dry = sub.add_parser("dry_run", help="print the fully resolved configuration of an experiment")
+    dry.add_argument("key", nargs="?", help="experiment key (default: $EXPERIMENT, else the study's first)")
+    dry.add_argument("overrides", nargs="*", help="dotted overrides section.key=value (e.g. trainer.max_steps=100)")
+    dry.add_argument("--json", action="store_true", help="print JSON (keys mirror the reference's names)")
+    dry.add_argument("--smoke", action="store_true", help="show the smoke-run settings")
+    train = sub.add_parser(
+        "train",
+        help="train an experiment in a work directory (re-run the same command to resume)",
+        description="Train an experiment. --smoke: nano model on synthetic H5 data generated into the work "
+        "dir, CPU, ~40 steps. metrics.jsonl, timing.jsonl, checkpoints/ and config.json go into --work-dir.",
+    )
+    train.add_argument("key", nargs="?", help="experiment key (default: $EXPERIMENT, else the study's first)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
+    train.add_argument("--work-dir", required=True, help="output folder (checkpoints, metrics); resumes if it has checkpoints")
+    train.add_argument("--smoke", action="store_true", help="one-CPU smoke run: nano model, synthetic data, ~40 steps")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command in ("list", "dry_run", "train"):
+        from .training import run
+
+        try:
+            if args.command == "list":
+                return run.list_main()
+            if args.command == "dry_run":
+                return run.dry_run_main(args.key, args.overrides, args.json, args.smoke)
+            return run.train_main(args.key, args.overrides, args.work_dir, args.smoke)
+        except ValueError as err:
+            print(f"mim-fast {args.command}: {err}", file=sys.stderr)
+            return 2
     if args.command == "info":
         from .info import main as info_main
 

@@ -91,8 +91,14 @@ class PretrainBatches(torch.utils.data.Dataset):
             raise ValueError(
                 f"data_loader.global_batch_size: {global_batch} is larger than the {len(self.samples)} usable samples in {directory}"
             )
-        order = np.random.default_rng(seed + epoch).permutation(len(self.samples))
         self.num_batches = len(self.samples) // global_batch
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sample order of a (1-based) epoch: a permutation seeded ``seed + epoch``, truncated to whole batches."""
+        self.epoch = epoch
+        global_batch = self.rank_batch_size * self.world_size
+        order = np.random.default_rng(self.seed + epoch).permutation(len(self.samples))
         self.order = order[: self.num_batches * global_batch].reshape(self.num_batches, global_batch)
 
     def __len__(self) -> int:

@@ -184,8 +184,9 @@ def smoke(config: RunConfig) -> RunConfig:
     """The settings of the one-CPU smoke run (nano model, small batches, ~40 steps)."""
     for override in (
         "model.size=nano", "data_loader.global_batch_size=8", "data_loader.microbatch_size=8",
-        "data_loader.num_workers=0", "data_loader.token_budget=400", "data_loader.sampled_hw_p_list=[1,2,3,4]",
-        "data_loader.num_samples=32", "trainer.max_steps=40", "trainer.warmup_steps=5", "trainer.lr=0.002",
+        "data_loader.num_workers=0", "data_loader.token_budget=400", "data_loader.sampled_hw_p_list=[4]",
+        "data_loader.min_patch_size=2", "data_loader.max_patch_size=2",
+        "data_loader.num_samples=64", "trainer.max_steps=40", "trainer.warmup_steps=5", "trainer.lr=0.002",
         "trainer.save_interval=10", "trainer.device=cpu", "trainer.autocast_bf16=false",
         "trainer.callbacks.wandb.mode=offline",
     ):  # fmt: skip

@@ -1,0 +1,349 @@
+"""The training loop: two masked views per batch, masked-negatives loss + InfoNCE, AdamW with
+linear warmup and cosine decay, gradient clipping, a NaN/Inf guard, metrics, checkpoints.
+
+Work directory layout::
+
+    <work_dir>/config.json           the resolved configuration
+    <work_dir>/metrics.jsonl          one JSON object per step (deterministic values only)
+    <work_dir>/timing.jsonl           per-step times and throughput (vary between runs)
+    <work_dir>/checkpoints/step_N.pt  model, optimizer, scheduler, RNG states, data position
+    <work_dir>/data/                  synthetic H5 data of the smoke run
+
+Checkpoints are written to a temporary file and renamed, so a checkpoint on disk is always
+complete; re-running with the same work directory resumes from the latest one. SIGTERM (and
+Ctrl-C) finish the current step, write a checkpoint and exit cleanly.
+"""
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from .. import losses
+from ..data.dataset import PretrainBatches
+from ..experiments import build_model
+from .config import RunConfig
+
+
+def lr_at(step: int, config) -> float:
+    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then cosine to ``final_lr_fraction * lr``."""
+    t = config.trainer
+    if step < t.warmup_steps:
+        return t.lr * step / max(t.warmup_steps, 1)
+    progress = min(1.0, (step - t.warmup_steps) / max(t.max_steps - t.warmup_steps, 1))
+    low = t.lr * t.final_lr_fraction
+    return low + (t.lr - low) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _split(batch, size: int):
+    """Microbatches of ``size`` samples (every field sliced along dim 0)."""
+    total = batch.batch_size
+    for start in range(0, total, size):
+        yield batch.replace(**{k: v[start : start + size] for k, v in batch.as_dict().items()})
+
+
+class Checkpoints:
+    """Atomic checkpoint files ``step_N.pt`` in ``<work_dir>/checkpoints``."""
+
+    def __init__(self, work_dir: str):
+        self.dir = os.path.join(work_dir, "checkpoints")
+        os.makedirs(self.dir, exist_ok=True)
+
+    def latest(self) -> str | None:
+        steps = []
+        for name in os.listdir(self.dir):
+            if name.startswith("step_") and name.endswith(".pt"):
+                try:
+                    steps.append(int(name[5:-3]))
+                except ValueError:
+                    continue
+        return os.path.join(self.dir, f"step_{max(steps)}.pt") if steps else None
+
+    def save(self, step: int, payload: dict) -> str:
+        path = os.path.join(self.dir, f"step_{step}.pt")
+        tmp = f"{path}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def load(path: str) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _all_reduce_mean(grads, world_size: int) -> None:
+    """Average gradients over ranks with one all-reduce of a flat buffer."""
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world_size
+    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(reduced)
+
+
+class Trainer:
+    """Runs one experiment configuration in a work directory (see the module docstring)."""
+
+    def __init__(self, config: RunConfig, work_dir: str, data_dir: str, rank: int = 0, world_size: int = 1,
+                 progress: bool = True, log=print):  # fmt: skip
+        self.config = config
+        self.work_dir = work_dir
+        self.rank, self.world_size = rank, world_size
+        self.progress = progress and rank == 0
+        self.log = log
+        os.makedirs(work_dir, exist_ok=True)
+        t = config.trainer
+        if t.device == "auto":
+            self.device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) if torch.cuda.is_available() else torch.device("cpu")
+        else:
+            self.device = torch.device(t.device)
+        _seed_all(t.init_seed)
+        self.model = build_model(
+            config.experiment, config.model.size, drop_path=config.model.drop_path,
+            band_dropout_rate=config.model.band_dropout_rate, projection_only_target=config.model.projection_only_target,
+        ).to(self.device)  # fmt: skip
+        if world_size > 1:  # identical initial weights on every rank
+            import torch.distributed as dist
+
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
+            fused=self.device.type == "cuda",
+        )  # fmt: skip
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, config) / t.lr)
+        self.patch_loss = losses.build(config.loss)
+        self.contrastive = losses.build(config.contrastive)
+        dl = config.data_loader
+        if dl.global_batch_size % world_size:
+            raise ValueError(f"data_loader.global_batch_size: {dl.global_batch_size} is not divisible by {world_size} ranks")
+        self.batches = PretrainBatches(
+            data_dir, config.model.modalities, config.masking, config.tokenization, dl.global_batch_size // world_size,
+            dl.token_budget, dl.sampled_hw_p_list, dl.min_patch_size, dl.max_patch_size, dl.seed,
+            dl.budget_with_tokenization, epoch=1, rank=rank, world_size=world_size,
+        )  # fmt: skip
+        self.checkpoints = Checkpoints(work_dir)
+        self.step = 0
+        self.skipped = 0
+        self._stop = False
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "skipped": self.skipped,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+            "data_position": self.step,
+            "config": self.config.to_json(),
+        }
+
+    def resume(self) -> bool:
+        path = self.checkpoints.latest()
+        if path is None:
+            return False
+        payload = Checkpoints.load(path)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        _set_rng_state(payload["rng"])
+        self.step, self.skipped = int(payload["step"]), int(payload["skipped"])
+        self.log(f"resumed from {path} (step {self.step})")
+        return True
+
+    def save(self) -> None:
+        if self.rank == 0:
+            self.checkpoints.save(self.step, self.state())
+
+    # -- one step ------------------------------------------------------------------------
+
+    def _views_loss(self, patch, view_a, view_b):
+        """Loss of one microbatch: (patch loss a + b) / 2 + InfoNCE(pooled a, pooled b)."""
+        model = self.model
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    and self.config.trainer.autocast_bf16 else nullcontext())  # fmt: skip
+        with autocast:
+            a = model.training_loss(view_a, patch, self.patch_loss)
+            b = model.training_loss(view_b, patch, self.patch_loss)
+        with torch.autocast(self.device.type, enabled=False):
+            contrastive = self.contrastive.compute(a.pooled.float(), b.pooled.float())
+            total = (a.loss.float() + b.loss.float()) / 2 + contrastive
+        tokens = torch.stack([a.encoded + b.encoded, a.decoded + b.decoded, a.targeted + b.targeted])
+        return total, a.loss.detach(), b.loss.detach(), contrastive.detach(), tokens
+
+    def train_step(self, patch, view_a, view_b) -> dict:
+        t = self.config.trainer
+        self.optimizer.zero_grad(set_to_none=True)
+        size = self.config.data_loader.microbatch_size
+        parts = list(zip(_split(view_a, size), _split(view_b, size)))
+        sums = torch.zeros(5, device=self.device)
+        tokens = torch.zeros(3, dtype=torch.long, device=self.device)
+        for a, b in parts:
+            a, b = a.to(self.device, non_blocking=True), b.to(self.device, non_blocking=True)
+            total, la, lb, lc, tok = self._views_loss(patch, a, b)
+            (total / len(parts)).backward()
+            sums += torch.stack([total.detach(), la, lb, lc, torch.ones((), device=self.device)]) / len(parts)
+            tokens += tok
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.world_size > 1:
+            _all_reduce_mean([p.grad for p in params], self.world_size)
+        norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+        finite = torch.isfinite(sums[0]) & torch.isfinite(norm)
+        # NaN/Inf guard: a non-finite step is skipped (parameters and optimizer state untouched).
+        if self.device.type == "cuda":
+            # Fused AdamW reads found_inf on the device and skips the update itself: no host read.
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.grad_scale = None
+            self.optimizer.step()
+        elif bool(finite):  # on CPU reading the flag costs nothing
+            self.optimizer.step()
+        self.scheduler.step()
+        return {"sums": sums, "norm": norm, "finite": finite, "tokens": tokens}
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _handle_signals(self):
+        def stop(signum, frame):
+            self._stop = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def fit(self) -> dict:
+        """Train to ``trainer.max_steps`` (resuming if a checkpoint exists); returns the last metrics."""
+        t = self.config.trainer
+        if self.rank == 0:
+            with open(os.path.join(self.work_dir, "config.json"), "w") as f:
+                f.write(self.config.to_json())
+        self.resume()
+        self._handle_signals()
+        metrics_path = os.path.join(self.work_dir, "metrics.jsonl")
+        timing_path = os.path.join(self.work_dir, "timing.jsonl")
+        _truncate_after(metrics_path, self.step)
+        _truncate_after(timing_path, self.step)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=t.max_steps, initial=self.step, desc=self.config.experiment[:40], unit="step", file=sys.stderr)
+        wandb_run = _wandb(self.config, self.work_dir) if self.rank == 0 else None
+        last = {}
+        while self.step < t.max_steps and not self._stop:
+            start = time.perf_counter()
+            epoch, k = divmod(self.step, len(self.batches))
+            if self.batches.epoch != epoch + 1:
+                self.batches.set_epoch(epoch + 1)
+            patch, view_a, view_b = self.batches[k]
+            loaded = time.perf_counter()
+            out = self.train_step(patch, view_a, view_b)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.step += 1
+            sums = out["sums"].tolist()  # the one host read per step, for the metrics
+            finite = bool(out["finite"])
+            self.skipped += 0 if finite else 1
+            elapsed = time.perf_counter() - start
+            tokens = out["tokens"].tolist()
+            last = {
+                "step": self.step, "loss": sums[0], "loss_view_a": sums[1], "loss_view_b": sums[2], "InfoNCE": sums[3],
+                "grad_norm": float(out["norm"]), "lr": lr, "patch_size": patch, "skipped_steps": self.skipped,
+                "tokens_encoded": tokens[0], "tokens_decoded": tokens[1], "tokens_targeted": tokens[2],
+            }  # fmt: skip
+            timing = {
+                "step": self.step, "step_time_s": elapsed, "data_loading_fraction": (loaded - start) / elapsed,
+                "tokens_per_s_encoded": tokens[0] / elapsed, "tokens_per_s_decoded": tokens[1] / elapsed,
+                "tokens_per_s_targeted": tokens[2] / elapsed,
+            }  # fmt: skip
+            if self.rank == 0:
+                _append(metrics_path, last)
+                _append(timing_path, timing)
+                if wandb_run is not None:
+                    wandb_run.log({**last, **timing}, step=self.step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums[0]:.4f}", lr=f"{lr:.2e}")
+            if self.step % t.save_interval == 0 or self.step == t.max_steps:
+                self.save()
+        if self._stop and self.step < t.max_steps:
+            self.save()
+            self.log(f"stopped at step {self.step}; checkpoint written, re-run to resume")
+        if bar is not None:
+            bar.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+        return last
+
+
+def _append(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Drop metric lines of steps after ``step`` (written after the checkpoint a run resumes from)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(f"{path}.tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(f"{path}.tmp", path)
+
+
+def _wandb(config: RunConfig, work_dir: str):
+    """A wandb run (offline unless mode is online and a key is set), or None without wandb."""
+    cfg = config.trainer.callbacks.wandb
+    if not cfg.enabled:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        return None
+    mode = cfg.mode
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        mode = "offline"
+    run_id_path = os.path.join(work_dir, "wandb_runid.txt")
+    run_id = open(run_id_path).read().strip() if os.path.exists(run_id_path) else None
+    run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or config.experiment, dir=work_dir,
+                     mode=mode, id=run_id, resume="allow", config=config.to_dict())  # fmt: skip
+    with open(run_id_path, "w") as f:
+        f.write(run.id)
+    return run

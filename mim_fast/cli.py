@@ -60,7 +60,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    # Overrides may come after options (``dry_run KEY --json a.b=1``): collect them from the rest.
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if args.command in ("dry_run", "train") and all("=" in r and not r.startswith("-") for r in rest):
+            args.overrides = list(args.overrides) + rest
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command in ("dry_run", "train") and args.key and "=" in args.key:
+        args.overrides = [args.key, *args.overrides]  # no key given: the first word is an override
+        args.key = None
     if args.command in ("list", "dry_run", "train"):
         from .training import run
 

@@ -56,6 +56,17 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     train.add_argument("--work-dir", required=True, help="output folder (checkpoints, metrics); resumes if it has checkpoints")
     train.add_argument("--smoke", action="store_true", help="one-CPU smoke run: nano model, synthetic data, ~40 steps")
+    launch = sub.add_parser(
+        "launch",
+        help="train with torchrun over several processes (GPUs, or CPU processes with gloo)",
+        description="Run `mim-fast train` under torchrun. Options not listed here (e.g. --nnodes, "
+        "--node_rank, --master_addr, --master_port, --rdzv_endpoint) are passed to torchrun.",
+    )
+    launch.add_argument("key", nargs="?", help="experiment key (default: $EXPERIMENT, else the study's first)")
+    launch.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
+    launch.add_argument("--nproc", type=int, default=None, help="processes on this node (default: launch.num_gpus, or 1)")
+    launch.add_argument("--work-dir", required=True, help="output folder shared by all processes")
+    launch.add_argument("--smoke", action="store_true", help="the smoke run (CPU, gloo)")
     return parser
 
 
@@ -63,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     # Overrides may come after options (``dry_run KEY --json a.b=1``): collect them from the rest.
     args, rest = parser.parse_known_args(argv)
+    if args.command == "launch":
+        from .training.launch import launch_main
+
+        return launch_main(args, rest)
     if rest:
         if args.command in ("dry_run", "train") and all("=" in r and not r.startswith("-") for r in rest):
             args.overrides = list(args.overrides) + rest

@@ -146,3 +146,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     steps = [int(n[5:-3]) for n in os.listdir(os.path.join(work, "checkpoints")) if n.endswith(".pt")]
     assert steps and max(steps) == _metrics(work)[-1]["step"] < 400
+
+
+def test_launch_two_gloo_processes(tmp_path):
+    work = str(tmp_path / "l")
+    out = subprocess.run([sys.executable, "-m", "mim_fast.cli", "launch", "--smoke", "--nproc", "2", "--work-dir", work,
+                          "trainer.max_steps=4", "data_loader.num_samples=16"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = _metrics(work)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert os.path.exists(os.path.join(work, "checkpoints", "step_4.pt"))

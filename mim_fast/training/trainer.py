@@ -126,6 +126,11 @@ class Trainer:
         self.progress = progress and rank == 0
         self.log = log
         os.makedirs(work_dir, exist_ok=True)
+        if config.launch.parallelism != "ddp":
+            raise ValueError(
+                f"launch.parallelism: {config.launch.parallelism!r} is not implemented; use 'ddp' "
+                "(parameters replicated, gradients averaged with one all-reduce per step)"
+            )
         t = config.trainer
         if t.device == "auto":
             self.device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) if torch.cuda.is_available() else torch.device("cpu")
@@ -240,6 +245,28 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
 
+    def _batches(self):
+        """Rank batches from the current data position on, made (and masked) in DataLoader workers.
+
+        One loader per epoch segment: the epoch's order is fixed before the workers start,
+        and a resumed run starts at the batch after the last one trained.
+        """
+        dl = self.config.data_loader
+        while True:
+            epoch, first = divmod(self.step, len(self.batches))
+            self.batches.set_epoch(epoch + 1)
+            workers = dl.num_workers
+            loader = torch.utils.data.DataLoader(
+                self.batches, batch_size=None, sampler=range(first, len(self.batches)), num_workers=workers,
+                pin_memory=self.device.type == "cuda" and workers > 0,
+                prefetch_factor=dl.prefetch_factor if workers > 0 else None,
+                multiprocessing_context="spawn" if workers > 0 else None,
+                # Its own generator: creating a loader must not consume the training RNG, or a
+                # resumed run (which creates one mid-epoch) would diverge from an uninterrupted one.
+                generator=torch.Generator().manual_seed(dl.seed + epoch),
+            )  # fmt: skip
+            yield from loader
+
     def _handle_signals(self):
         def stop(signum, frame):
             self._stop = True
@@ -257,8 +284,9 @@ class Trainer:
         self._handle_signals()
         metrics_path = os.path.join(self.work_dir, "metrics.jsonl")
         timing_path = os.path.join(self.work_dir, "timing.jsonl")
-        _truncate_after(metrics_path, self.step)
-        _truncate_after(timing_path, self.step)
+        if self.rank == 0:
+            _truncate_after(metrics_path, self.step)
+            _truncate_after(timing_path, self.step)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -266,16 +294,20 @@ class Trainer:
             bar = tqdm(total=t.max_steps, initial=self.step, desc=self.config.experiment[:40], unit="step", file=sys.stderr)
         wandb_run = _wandb(self.config, self.work_dir) if self.rank == 0 else None
         last = {}
+        stream = self._batches()
         while self.step < t.max_steps and not self._stop:
             start = time.perf_counter()
-            epoch, k = divmod(self.step, len(self.batches))
-            if self.batches.epoch != epoch + 1:
-                self.batches.set_epoch(epoch + 1)
-            patch, view_a, view_b = self.batches[k]
+            patch, view_a, view_b = next(stream)
             loaded = time.perf_counter()
             out = self.train_step(patch, view_a, view_b)
             lr = self.optimizer.param_groups[0]["lr"]
             self.step += 1
+            if self.world_size > 1:  # metrics averaged over ranks (token counts summed)
+                import torch.distributed as dist
+
+                dist.all_reduce(out["sums"])
+                out["sums"] /= self.world_size
+                dist.all_reduce(out["tokens"])
             sums = out["sums"].tolist()  # the one host read per step, for the metrics
             finite = bool(out["finite"])
             self.skipped += 0 if finite else 1

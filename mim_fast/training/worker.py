@@ -34,7 +34,9 @@ def main(argv=None) -> int:
     try:
         if use_cuda:
             overrides.append(f"trainer.device=cuda:{local}")
-        return train_main(args.key, overrides, args.work_dir, args.smoke, rank=rank, world_size=world)
+        code = train_main(args.key, overrides, args.work_dir, args.smoke, rank=rank, world_size=world)
+        dist.barrier()  # every rank done (rank 0 may still be writing the last checkpoint)
+        return code
     finally:
         dist.destroy_process_group()
 

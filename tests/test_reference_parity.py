@@ -76,3 +76,52 @@ def test_reference_state_dict_loads_and_gives_the_same_outputs_and_loss():
     want = ref_loss_module.ModalityPatchDiscriminationMaskedNegatives(**cfg).compute(r_decoded, targets["tokens_and_masks"])
     got = ours.training_loss(batch, patch, losses.build(exp.loss)).loss
     assert abs(float(got) - float(want)) <= 1e-4 * abs(float(want))
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["single_bandset_cross_random_masked_neg", "single_bandset_random_decode_masked_neg",
+     "single_bandset_all12_random_band_dropout_ndvi_era5_random_time_decode_masked_neg"],
+)  # fmt: skip
+def test_masks_match_the_reference_distribution(key):
+    """Value fractions per modality and encoded band sets per sample over 1024 samples."""
+    masking_module = pytest.importorskip("olmoearth_pretrain.train.masking")
+    import numpy as np
+    from olmoearth_pretrain.datatypes import OlmoEarthSample
+
+    from mim_fast.data import MISSING_VALUE
+
+    exp = get_experiment(key)
+    base = make_batch(128, 4, 4, 6, seed=3)
+    data = {m: getattr(base, m).clone() for m in base.modalities}
+    data["sentinel1"][:, :, :, 3:] = MISSING_VALUE
+    data["landsat"][:40] = MISSING_VALUE
+    data["cdl"][::3] = MISSING_VALUE
+    config = dict(exp.masking)
+    config["only_decode_modalities"] = [m for m in config["only_decode_modalities"] if m in data]
+    tokenization = TokenizationConfig(overrides={m: ModalityTokenization(band_groups=g) for m, g in exp.tokenization.items() if m in ("sentinel2_l2a", "landsat")})
+    ref = masking_module.MaskingConfig(strategy_config=dict(config), tokenization_config=tokenization).build()
+    ours = masking.build(config, tokenization={m: g for m, g in exp.tokenization.items() if m in ("sentinel2_l2a", "landsat")})
+    torch.manual_seed(0)
+    np.random.seed(0)
+    gen = torch.Generator().manual_seed(1)
+    fractions = {"ref": {}, "ours": {}}
+    encoded = {"ref": np.zeros(4), "ours": np.zeros(4)}
+    for _ in range(8):
+        outs = {
+            "ref": ref.apply_mask(OlmoEarthSample(timestamps=base.timestamps, **data), patch_size=4),
+            "ours": ours.apply_mask(MaskedBatch(timestamps=base.timestamps, **data), 4, generator=gen),
+        }
+        for name, out in outs.items():
+            k = torch.zeros(128, dtype=torch.long)
+            for m in data:
+                codes = getattr(out, f"{m}_mask")[:, ::4, ::4]
+                fractions[name][m] = fractions[name].get(m, 0) + torch.bincount(codes.flatten(), minlength=4).numpy()
+                if m in ("sentinel2_l2a", "sentinel1", "landsat"):
+                    k += (codes == 0).flatten(1).any(1).long()
+            encoded[name] += np.bincount(k.numpy(), minlength=4)
+    for m in data:
+        a = fractions["ref"][m] / fractions["ref"][m].sum()
+        b = fractions["ours"][m] / fractions["ours"][m].sum()
+        assert np.abs(a - b).max() < 0.03, (m, a, b)
+    assert np.abs(encoded["ref"] / 1024 - encoded["ours"] / 1024).max() < 0.07, encoded

@@ -1,7 +1,8 @@
 """One-command GPU check: build the extension, run the test suite on CUDA, benchmark every op
 and the tokenization stage of an experiment-14 microbatch against eager and torch.compile of
 the reference on CUDA (fp32 and bf16), check the fused stage never synchronises with the host
-when max_len is given, write a JSON summary.
+when max_len is given, run a short real-shape training run (base size, bf16, 20 steps) against
+the same model on the reference backends, write a JSON summary.
 
     python benchmarks/gpu_check.py --out gpu_summary.json          # about 5 minutes on one GPU
     python benchmarks/gpu_check.py --skip-build --skip-tests        # benchmarks only
@@ -173,6 +174,60 @@ def check_sync_free(device: str) -> dict:
     return result
 
 
+def run_training(device: str, steps: int, size: str, batch: int) -> dict:
+    """A short real-shape training run (bf16 autocast on CUDA): step time and tokens/s with the
+    fused backends against the same model with every op forced to the reference backend."""
+    import tempfile
+
+    import mim_fast
+    from mim_fast.training.config import apply_override, resolve
+    from mim_fast.training.run import data_directory
+    from mim_fast.training.trainer import Trainer
+
+    _step(f"training: {size}, {steps} steps, batch {batch}, {device}")
+    results = {}
+    for backend in ("default", "reference"):
+        work = tempfile.mkdtemp(prefix=f"mim_fast_train_{backend}_")
+        config = resolve("single_bandset_all12_random_band_dropout_cross_random_masked_neg")
+        for override in (f"model.size={size}", f"data_loader.global_batch_size={batch}",
+                         f"data_loader.microbatch_size={batch}", "data_loader.num_workers=2",
+                         f"data_loader.num_samples={4 * batch}", f"trainer.max_steps={steps}", "trainer.warmup_steps=5",
+                         f"trainer.save_interval={10 * steps}", f"trainer.device={device}",
+                         "trainer.callbacks.wandb.enabled=false"):  # fmt: skip
+            apply_override(config, override)
+        data = data_directory(config, work, is_smoke=False)
+        context = mim_fast.use_backend("reference") if backend == "reference" else _null()
+        try:
+            with context:
+                Trainer(config, work, data, progress=False).fit()
+        except Exception as err:  # record and continue
+            results[backend] = {"error": repr(err)[:500]}
+            continue
+        with open(os.path.join(work, "timing.jsonl")) as f:
+            timing = [json.loads(line) for line in f][3:]  # skip warm-up steps
+        with open(os.path.join(work, "metrics.jsonl")) as f:
+            losses = [json.loads(line)["loss"] for line in f]
+        step_times = sorted(t["step_time_s"] for t in timing)
+        results[backend] = {
+            "median_step_s": step_times[len(step_times) // 2] if step_times else None,
+            "tokens_per_s_encoded": sum(t["tokens_per_s_encoded"] for t in timing) / max(len(timing), 1),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+        }
+    if "median_step_s" in results.get("default", {}) and "median_step_s" in results.get("reference", {}):
+        results["speedup_vs_reference_backends"] = results["reference"]["median_step_s"] / results["default"]["median_step_s"]
+    print(json.dumps(results), flush=True)
+    return results
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "gpu_summary.json"))
@@ -185,6 +240,10 @@ def main(argv=None) -> int:
     parser.add_argument("--test-timeout", type=int, default=240, help="seconds allowed for the test suite")
     parser.add_argument("--hbm-peak-tbs", type=float, default=4.8)
     parser.add_argument("--skip-stage", action="store_true", help="skip the tokenization-stage benchmark")
+    parser.add_argument("--skip-training", action="store_true", help="skip the short training run")
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--train-size", default="base")
+    parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--stage-batch", type=int, default=32, help="microbatch of the stage benchmark (default 32)")
     args = parser.parse_args(argv)
 
@@ -233,6 +292,9 @@ def main(argv=None) -> int:
             args.device, repeats=args.repeats, hbm_peak_tbs=args.hbm_peak_tbs,
             compile_reference=not args.no_compile, batch_size=args.stage_batch,
         )
+        save()
+    if not args.skip_training:
+        summary["training"] = run_training(args.device, args.train_steps, args.train_size, args.train_batch)
         save()
     print(f"\nwrote {args.out}")
     return 0

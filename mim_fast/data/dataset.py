@@ -92,6 +92,7 @@ class PretrainBatches(torch.utils.data.Dataset):
                 f"data_loader.global_batch_size: {global_batch} is larger than the {len(self.samples)} usable samples in {directory}"
             )
         self.num_batches = len(self.samples) // global_batch
+        self.tile = _tile_size(directory, self.samples[0], self.modalities)
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
@@ -144,10 +145,28 @@ class PretrainBatches(torch.utils.data.Dataset):
             raise IndexError(k)
         rng = np.random.default_rng([self.seed, self.epoch, k, self.rank])
         patch = int(rng.choice(self.patch_choices))
-        hw_p = int(rng.choice([h for h in self.hw_choices if 0 < h <= 256 // patch]))
+        # The reference filters with a 256-px tile, which never binds on its 128-px tiles; the
+        # real tile size is used here so that smaller (e.g. synthetic) tiles work too.
+        fits = [h for h in self.hw_choices if 0 < h <= min(256, self.tile) // patch]
+        if not fits:
+            raise ValueError(
+                f"data_loader.sampled_hw_p_list: no crop of {self.hw_choices} tokens fits {self.tile}-px tiles at patch size {patch}"
+            )
+        hw_p = int(rng.choice(fits))
         columns = self.order[k, self.rank :: self.world_size]
         samples = [self._sample(self.samples[i], patch, hw_p, rng) for i in columns]
         stacked = {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
         batch = MaskedBatch(**stacked)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return patch, self.strategy.apply_mask(batch, patch, gen), self.strategy.apply_mask(batch, patch, gen)
+
+
+def _tile_size(directory: str, index: int, modalities) -> int:
+    """Pixel size of the spatial data in one sample file (all samples share it)."""
+    import h5py
+
+    with h5py.File(f"{directory}/sample_{index}.h5", "r") as f:
+        for m in modalities:
+            if m in f and get_modality(m).is_spatial:
+                return int(f[m].shape[0])
+    return 256

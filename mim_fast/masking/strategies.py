@@ -232,6 +232,17 @@ class RandomWithDecodeMasking(_DecodeOnly):
         order = torch.randperm(len(listed), generator=generator).tolist()
         return [listed[k] for k in order]
 
+    def _sample_plan(self, masks, listed, b, generator):
+        """Per-sample state drawn before the roles (none here; the time variant draws its mode)."""
+        return None
+
+    def _assign(self, masks, m, b, i, role, plan, patch_size, generator):
+        """Give band set ``(m, i)`` of sample ``b`` its role (random fill of that role)."""
+        if role == ENC:
+            self._fill(masks, m, b, i, patch_size, self.encode_ratio, 0.0, generator)
+        else:
+            self._fill(masks, m, b, i, patch_size, 0.0, self.decode_ratio, generator)
+
     def apply_mask(self, batch, patch_size, generator=None):
         if not patch_size:
             raise ValueError("patch_size: required")
@@ -240,16 +251,15 @@ class RandomWithDecodeMasking(_DecodeOnly):
         batch_size = next(iter(masks.values())).shape[0] if masks else 0
         for b in range(batch_size):
             listed = self._listed(masks, names, b)
+            plan = self._sample_plan(masks, listed, b, generator)
             if len(listed) == 1:
                 m, i = listed[0]
                 self._fill(masks, m, b, i, patch_size, self.encode_ratio, self.decode_ratio, generator)
                 continue
             listed = self._shuffle(listed, generator)
             k = ceil_count(len(listed), self.encode_ratio)
-            for m, i in listed[:k]:
-                self._fill(masks, m, b, i, patch_size, self.encode_ratio, 0.0, generator)
-            for m, i in listed[k:]:
-                self._fill(masks, m, b, i, patch_size, 0.0, self.decode_ratio, generator)
+            for rank, (m, i) in enumerate(listed):
+                self._assign(masks, m, b, i, ENC if rank < k else DEC, plan, patch_size, generator)
         return self._finish(batch, masks)
 
 
@@ -273,43 +283,27 @@ class RandomTimeWithDecodeMasking(RandomWithDecodeMasking):
         spec = get_modality(m)
         return spec.is_spatial and spec.is_multitemporal
 
-    def apply_mask(self, batch, patch_size, generator=None):
-        if not patch_size:
-            raise ValueError("patch_size: required")
-        names = self.modalities(batch)
-        masks = self._init_masks(batch, names)
-        batch_size = next(iter(masks.values())).shape[0] if masks else 0
-        for b in range(batch_size):
-            listed = self._listed(masks, names, b)
-            present_t = None
-            for m, i in listed:
-                if self._space_time(m):
-                    at_t = (masks[m][b, ..., i] != MISS).sum(dim=(0, 1)).clamp_max(1)
-                    present_t = at_t if present_t is None else (present_t + at_t).clamp_max(1)
-            time_mode = False
-            if present_t is not None and int(present_t.sum()) >= 2:
-                time_mode = float(torch.rand((), generator=generator)) >= self.random_ratio
-            if time_mode:
-                steps = present_t.nonzero().squeeze(1)
-                steps = steps[torch.randperm(steps.numel(), generator=generator)]
-                k_t = ceil_count(steps.numel(), self.encode_ratio)
-                role_steps = {ENC: steps[:k_t], DEC: steps[k_t:]}
-            if len(listed) == 1:
-                m, i = listed[0]
-                self._fill(masks, m, b, i, patch_size, self.encode_ratio, self.decode_ratio, generator)
-                continue
-            listed = self._shuffle(listed, generator)
-            k = ceil_count(len(listed), self.encode_ratio)
-            for rank, (m, i) in enumerate(listed):
-                role = ENC if rank < k else DEC
-                sl = masks[m][b, ..., i]
-                usable = time_mode and self._space_time(m) and bool((sl[:, :, role_steps[role]] != MISS).any())
-                if usable:
-                    new = torch.full_like(sl, TGT)
-                    new[:, :, role_steps[role]] = role
-                    masks[m][b, ..., i] = torch.where(sl == MISS, sl, new)
-                elif role == ENC:
-                    self._fill(masks, m, b, i, patch_size, self.encode_ratio, 0.0, generator)
-                else:
-                    self._fill(masks, m, b, i, patch_size, 0.0, self.decode_ratio, generator)
-        return self._finish(batch, masks)
+    def _sample_plan(self, masks, listed, b, generator):
+        """The sample's time split ``{ENC: steps, DEC: steps}``, or None for the random mode."""
+        present_t = None
+        for m, i in listed:
+            if self._space_time(m):
+                at_t = (masks[m][b, ..., i] != MISS).sum(dim=(0, 1)).clamp_max(1)
+                present_t = at_t if present_t is None else (present_t + at_t).clamp_max(1)
+        if present_t is None or int(present_t.sum()) < 2:
+            return None
+        if float(torch.rand((), generator=generator)) < self.random_ratio:
+            return None
+        steps = present_t.nonzero().squeeze(1)
+        steps = steps[torch.randperm(steps.numel(), generator=generator)]
+        k_t = ceil_count(steps.numel(), self.encode_ratio)
+        return {ENC: steps[:k_t], DEC: steps[k_t:]}
+
+    def _assign(self, masks, m, b, i, role, plan, patch_size, generator):
+        sl = masks[m][b, ..., i]
+        if plan is not None and self._space_time(m) and bool((sl[:, :, plan[role]] != MISS).any()):
+            new = torch.full_like(sl, TGT)
+            new[:, :, plan[role]] = role
+            masks[m][b, ..., i] = torch.where(sl == MISS, sl, new)
+        else:
+            super()._assign(masks, m, b, i, role, plan, patch_size, generator)

@@ -148,12 +148,20 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     assert steps and max(steps) == _metrics(work)[-1]["step"] < 400
 
 
-def test_launch_two_gloo_processes(tmp_path):
-    work = str(tmp_path / "l")
+def _launch(work, *extra):
     out = subprocess.run([sys.executable, "-m", "mim_fast.cli", "launch", "--smoke", "--nproc", "2", "--work-dir", work,
-                          "trainer.max_steps=4", "data_loader.num_samples=16"],
+                          "trainer.max_steps=4", "trainer.save_interval=2", "data_loader.num_samples=16", *extra],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    metrics = _metrics(work)
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert os.path.exists(os.path.join(work, "checkpoints", "step_4.pt"))
+    return _metrics(work)
+
+
+def test_launch_two_gloo_processes_ddp_and_fsdp_agree_and_resume(tmp_path):
+    ddp = _launch(str(tmp_path / "ddp"))
+    assert [m["step"] for m in ddp] == [1, 2, 3, 4]
+    work = str(tmp_path / "fsdp")
+    fsdp = _launch(work, "launch.parallelism=fsdp")
+    for a, b in zip(ddp, fsdp):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
+    os.remove(os.path.join(work, "checkpoints", "step_4.pt"))  # resume the sharded run from step 2
+    assert _launch(work, "launch.parallelism=fsdp") == fsdp

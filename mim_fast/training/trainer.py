@@ -126,11 +126,12 @@ class Trainer:
         self.progress = progress and rank == 0
         self.log = log
         os.makedirs(work_dir, exist_ok=True)
-        if config.launch.parallelism != "ddp":
+        if config.launch.parallelism not in ("ddp", "fsdp"):
             raise ValueError(
-                f"launch.parallelism: {config.launch.parallelism!r} is not implemented; use 'ddp' "
-                "(parameters replicated, gradients averaged with one all-reduce per step)"
+                f"launch.parallelism: expected 'ddp' (parameters replicated, gradients averaged with one "
+                f"all-reduce per step) or 'fsdp' (FSDP2 fully_shard), got {config.launch.parallelism!r}"
             )
+        self.fsdp = config.launch.parallelism == "fsdp" and world_size > 1
         t = config.trainer
         if t.device == "auto":
             self.device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) if torch.cuda.is_available() else torch.device("cpu")
@@ -146,6 +147,14 @@ class Trainer:
 
             for tensor in self.model.state_dict().values():
                 dist.broadcast(tensor, src=0)
+        if self.fsdp:
+            from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+            for block in [*self.model.encoder.blocks, *self.model.decoder.blocks]:
+                fully_shard(block)
+            fully_shard(self.model)
+            # The trainer calls training_loss, not forward: unshard the root's parameters for it too.
+            register_fsdp_forward_method(self.model, "training_loss")
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
@@ -169,12 +178,21 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
 
+    def _model_and_optimizer_state(self):
+        if not self.fsdp:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        # Full (unsharded) tensors gathered on every rank: a collective, so every rank calls it.
+        return get_state_dict(self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def state(self) -> dict:
+        model_state, optimizer_state = self._model_and_optimizer_state()
         return {
             "step": self.step,
             "skipped": self.skipped,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(),
             "data_position": self.step,
@@ -186,8 +204,14 @@ class Trainer:
         if path is None:
             return False
         payload = Checkpoints.load(path)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.model, self.optimizer, model_state_dict=payload["model"],
+                           optim_state_dict=payload["optimizer"], options=StateDictOptions(full_state_dict=True))  # fmt: skip
+        else:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         _set_rng_state(payload["rng"])
         self.step, self.skipped = int(payload["step"]), int(payload["skipped"])
@@ -195,8 +219,9 @@ class Trainer:
         return True
 
     def save(self) -> None:
+        payload = self.state() if (self.rank == 0 or self.fsdp) else None
         if self.rank == 0:
-            self.checkpoints.save(self.step, self.state())
+            self.checkpoints.save(self.step, payload)
 
     # -- one step ------------------------------------------------------------------------
 
@@ -228,9 +253,11 @@ class Trainer:
             sums += torch.stack([total.detach(), la, lb, lc, torch.ones((), device=self.device)]) / len(parts)
             tokens += tok
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.fsdp:  # FSDP2 reduce-scatters the gradients itself
             _all_reduce_mean([p.grad for p in params], self.world_size)
         norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
         finite = torch.isfinite(sums[0]) & torch.isfinite(norm)
         # NaN/Inf guard: a non-finite step is skipped (parameters and optimizer state untouched).
         if self.device.type == "cuda":

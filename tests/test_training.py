@@ -165,3 +165,13 @@ def test_launch_two_gloo_processes_ddp_and_fsdp_agree_and_resume(tmp_path):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
     os.remove(os.path.join(work, "checkpoints", "step_4.pt"))  # resume the sharded run from step 2
     assert _launch(work, "launch.parallelism=fsdp") == fsdp
+
+
+def test_wandb_offline_run_when_installed(tmp_path):
+    pytest.importorskip("wandb")
+    work = str(tmp_path / "wb")
+    out = cli("train", "--smoke", "--work-dir", work, "trainer.max_steps=2", "data_loader.num_samples=16",
+              env={"WANDB_SILENT": "true"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.path.exists(os.path.join(work, "wandb_runid.txt"))
+    assert any(name.startswith("offline-run") for name in os.listdir(os.path.join(work, "wandb")))

@@ -85,3 +85,13 @@ def test_compile_fullgraph_matches_eager_forward_and_backward():
     torch.testing.assert_close(out, eager_out)
     for p, expected in zip(model.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, expected)
+
+
+def test_compile_fullgraph_patch_embed_at_another_patch_size():
+    """p != P under torch.compile: traced through the resize path, equal to eager."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 6, 6, 2, 3, generator=g), torch.randn(5, 64 * 3, generator=g), torch.randn(5, generator=g)
+    fn = lambda x, w, b: mim_fast.patch_embed(x, w, b, patch_size=2)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, w, b), fn(x, w, b), atol=1e-5, rtol=1e-5)

@@ -143,8 +143,9 @@ def patch_embed(x, weight, bias=None, *, patch_size: int, base_patch_size: int |
     has_time = x.dim() == 5
     x5 = x if has_time else x.unsqueeze(3)
     if patch_size != base:
-        if x5.shape[1] % patch_size or x5.shape[2] % patch_size:
-            # Squash case: token windows are not periodic, resize the image first.
+        if x5.shape[1] % patch_size or x5.shape[2] % patch_size or torch.compiler.is_compiling():
+            # Squash case (token windows are not periodic), or tracing (the window-class tables
+            # are built on the host): resize the image first.
             x5 = resize_channel_last(x5, x5.shape[1] // patch_size * base, x5.shape[2] // patch_size * base)
         else:
             out = _embed_every_token(x5, weight, bias, keep, patch_size, base)

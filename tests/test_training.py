@@ -175,3 +175,12 @@ def test_wandb_offline_run_when_installed(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert os.path.exists(os.path.join(work, "wandb_runid.txt"))
     assert any(name.startswith("offline-run") for name in os.listdir(os.path.join(work, "wandb")))
+
+
+def test_resume_ignores_a_metrics_line_cut_short(tmp_path):
+    from mim_fast.training.trainer import _truncate_after
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
+    _truncate_after(str(path), 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]

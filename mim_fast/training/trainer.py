@@ -380,8 +380,15 @@ def _truncate_after(path: str, step: int) -> None:
     """Drop metric lines of steps after ``step`` (written after the checkpoint a run resumes from)."""
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        for line in f:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+    lines = kept
     with open(f"{path}.tmp", "w") as f:
         f.writelines(lines)
     os.replace(f"{path}.tmp", path)

@@ -63,6 +63,10 @@ class MaskedBatch:
             **{k: v * (v == missing) for k, v in self._fields.items() if k.endswith("_mask")}
         )
 
+    def pin_memory(self) -> "MaskedBatch":
+        """A copy in pinned host memory (called by ``DataLoader(pin_memory=True)``)."""
+        return MaskedBatch(**{k: v.pin_memory() for k, v in self._fields.items()})
+
     def to(self, device, non_blocking: bool = False) -> "MaskedBatch":
         """All fields moved to ``device``."""
         return MaskedBatch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self._fields.items()})

@@ -171,3 +171,24 @@ def test_bad_arguments_are_clear_errors():
         from mim_fast.nn import Attention
 
         Attention(10, 3)
+
+
+def test_training_loss_with_max_len_matches_on_every_backend():
+    """max_len larger than the token count, and the fixed-size (sync-free) work lists the
+    Triton backend uses, give the same loss as the exact CPU path."""
+    import mim_fast
+    from mim_fast.bench.model import masked_batch
+
+    torch.manual_seed(0)
+    model = build_model(KEY, "nano", drop_path=0.0, band_dropout_rate=0.0)
+    sample = masked_batch(2, 2, 1, batch=2)
+    loss = losses.build(get_experiment(KEY).loss)
+    want = model.training_loss(sample, 2, loss)
+    with_len = model.training_loss(sample, 2, loss, max_len=64)
+    torch.testing.assert_close(with_len.loss, want.loss, atol=1e-6, rtol=1e-6)
+    if not mim_fast.backends.status("triton").available:
+        pytest.skip("triton backend unavailable")
+    with mim_fast.use_backend("triton"):
+        fixed = model.training_loss(sample, 2, loss, max_len=64)
+    torch.testing.assert_close(fixed.loss, want.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fixed.pooled, want.pooled, atol=1e-5, rtol=1e-5)

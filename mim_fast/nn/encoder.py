@@ -13,7 +13,7 @@ from ..data.modalities import get_modality
 from ..mask_value import MaskValue
 from ..ops.masked_gather import masked_scatter
 from .attention import Block, init_linear_weights
-from .encodings import CompositeEncodings, TokenLayout
+from .encodings import CompositeEncodings, TokenLayout, packed_positions
 from .patch_embed import MultiModalPatchEmbeddings
 from .tokens import TokensAndMasks
 
@@ -140,8 +140,7 @@ class Encoder(nn.Module):
         """
         packed = self.patch_embeddings.forward_packed(sample, patch_size, MaskValue.ONLINE_ENCODER, max_len)
         layout = self.layout(sample, patch_size)
-        length = packed.tokens.shape[1]
-        positions = packed.indices[:, :length]
+        positions = packed_positions(packed)
         encodings = self.composite_encodings.encodings(layout, sample.timestamps, patch_size, positions, input_res)
         tokens = packed.tokens + encodings * packed.mask[..., None]
         for block in self.blocks:

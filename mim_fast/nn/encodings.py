@@ -116,6 +116,16 @@ class CompositeEncodings(nn.Module):
         return out
 
 
+def packed_positions(packed) -> torch.Tensor:
+    """Global token position of every packed row ``[B, L]`` (0 on rows past the last token:
+    with ``max_len`` larger than the number of tokens the packed buffer is wider than N)."""
+    length = packed.mask.shape[1]
+    positions = packed.indices[:, :length]
+    if positions.shape[1] < length:
+        positions = torch.nn.functional.pad(positions, (0, length - positions.shape[1]))
+    return positions
+
+
 class TokenLayout:
     """Where every token of a batch's global sequence comes from (host-side, per shape).
 

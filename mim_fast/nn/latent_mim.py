@@ -16,6 +16,7 @@ from torch import nn
 
 from ..mask_value import MaskValue
 from ..ops.masked_gather import masked_gather
+from .encodings import packed_positions
 from .tokens import TokensAndMasks
 
 
@@ -109,15 +110,13 @@ class LatentMIM(nn.Module):
             dim=1,
         )
         queries = masked_gather(codes.new_zeros(codes.shape + (1,), dtype=latent.dtype), codes == MaskValue.DECODER)
-        c_len = context_packed.mask.shape[1]
         context = self.decoder.context(
-            latent, context_packed.indices[:, :c_len], context_packed.mask, layout, sample.timestamps, patch_size
+            latent, packed_positions(context_packed), context_packed.mask, layout, sample.timestamps, patch_size
         )
         pred = self.decoder.decode_packed(context, context_packed.mask, queries, layout, sample.timestamps, patch_size)
         with torch.no_grad():
             target = self._target_patch_embeddings().forward_packed(sample, patch_size, select=MaskValue.DECODER)
-        q_len = queries.mask.shape[1]
-        group = layout.modality_index.to(codes.device)[queries.indices[:, :q_len]]
+        group = layout.modality_index.to(codes.device)[packed_positions(queries)]
         value = loss.compute_packed(pred, target.tokens, queries.mask, group, [str(m) for m in layout.modalities])
         return ViewLoss(
             value, pooled, context_packed.seqlens.sum(), queries.seqlens.sum(), target.seqlens.sum()

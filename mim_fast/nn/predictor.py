@@ -14,7 +14,7 @@ from torch import nn
 from ..mask_value import MaskValue
 from ..ops.masked_gather import Packed, masked_gather
 from .attention import Block, init_linear_weights
-from .encodings import CompositeEncodings, TokenLayout
+from .encodings import CompositeEncodings, TokenLayout, packed_positions
 from .tokens import TokensAndMasks
 
 
@@ -82,8 +82,7 @@ class Predictor(nn.Module):
             context: ``[B, Lc, D']`` from :meth:`context`; ``context_mask [B, Lc]`` its real rows.
             queries: layout of the DECODER tokens (only ``indices`` and ``mask`` are read).
         """
-        length = queries.mask.shape[1]
-        positions = queries.indices[:, :length]
+        positions = packed_positions(queries)
         enc = self.composite_encodings.encodings(layout, timestamps, patch_size, positions, input_res)
         x = (self.mask_token + enc) * queries.mask[..., None]
         for block in self.blocks:
@@ -103,8 +102,7 @@ class Predictor(nn.Module):
         )
         context = masked_gather(tokens, codes == MaskValue.ONLINE_ENCODER)
         queries = masked_gather(codes.new_zeros(codes.shape)[..., None].float(), codes == MaskValue.DECODER)
-        c_len = context.mask.shape[1]
-        y = self.context(context.tokens, context.indices[:, :c_len], context.mask, layout, timestamps, patch_size, input_res)
+        y = self.context(context.tokens, packed_positions(context), context.mask, layout, timestamps, patch_size, input_res)
         pred = self.decode_packed(y, context.mask, queries, layout, timestamps, patch_size, input_res)
         from ..ops.masked_gather import masked_scatter
 

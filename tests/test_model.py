@@ -192,3 +192,17 @@ def test_training_loss_with_max_len_matches_on_every_backend():
         fixed = model.training_loss(sample, 2, loss, max_len=64)
     torch.testing.assert_close(fixed.loss, want.loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fixed.pooled, want.pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_ema_target_update_and_projection_only_refusal():
+    model = build_model(KEY, "nano", projection_only_target=False)
+    online = model.encoder.patch_embeddings.per_modality_embeddings["sentinel1"]["sentinel1__0"].proj.weight
+    target = model.target_encoder.patch_embeddings.per_modality_embeddings["sentinel1"]["sentinel1__0"].proj.weight
+    torch.testing.assert_close(target, online)
+    with torch.no_grad():
+        online.add_(1.0)
+    before = target.clone()
+    model.update_target(0.75)
+    torch.testing.assert_close(target, 0.75 * before + 0.25 * online)
+    with pytest.raises(ValueError, match="projection_only_target"):
+        build_model(KEY, "nano").update_target(0.5)

@@ -132,6 +132,11 @@ class Trainer:
                 f"all-reduce per step) or 'fsdp' (FSDP2 fully_shard), got {config.launch.parallelism!r}"
             )
         self.fsdp = config.launch.parallelism == "fsdp" and world_size > 1
+        if min(config.trainer.ema_decay) < 1.0 and config.model.projection_only_target:
+            raise ValueError(
+                "trainer.ema_decay: an EMA target (decay < 1) needs model.projection_only_target=false "
+                "(a full target encoder to update)"
+            )
         t = config.trainer
         if t.device == "auto":
             self.device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) if torch.cuda.is_available() else torch.device("cpu")
@@ -239,8 +244,16 @@ class Trainer:
         tokens = torch.stack([a.encoded + b.encoded, a.decoded + b.decoded, a.targeted + b.targeted])
         return total, a.loss.detach(), b.loss.detach(), contrastive.detach(), tokens
 
+    def ema_decay(self) -> float:
+        """Target EMA decay at the current step: linear from ``ema_decay[0]`` to ``ema_decay[1]``."""
+        start, end = self.config.trainer.ema_decay
+        return start + self.step * (end - start) / max(self.config.trainer.max_steps, 1)
+
     def train_step(self, patch, view_a, view_b) -> dict:
         t = self.config.trainer
+        decay = self.ema_decay()
+        if decay < 1.0:  # (1, 1), the study's setting, never updates the target
+            _unwrap(self.model).update_target(decay)
         self.optimizer.zero_grad(set_to_none=True)
         size = self.config.data_loader.microbatch_size
         parts = list(zip(_split(view_a, size), _split(view_b, size)))
@@ -368,6 +381,10 @@ class Trainer:
         if wandb_run is not None:
             wandb_run.finish()
         return last
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
 
 
 def _append(path: str, record: dict) -> None:

@@ -14,6 +14,11 @@ import os
 import h5py
 import numpy as np
 
+try:  # registers the zstd filter the reference's files are compressed with, when installed
+    import hdf5plugin  # noqa: F401
+except ImportError:
+    hdf5plugin = None
+
 from .modalities import MISSING_VALUE, get_modality
 
 MAX_SEQUENCE_LENGTH = 12
@@ -83,8 +88,12 @@ def read_sample(path: str, modalities: list[str], tile: int | None = None) -> tu
         if timestamps.ndim != 2 or timestamps.shape[1] != 3:
             raise DataFormatError(f"{path}: 'timestamps' must be [T, 3], got {list(timestamps.shape)}")
         masks_group = f.get("missing_timesteps_masks", {})
-        steps = {m: np.asarray(masks_group[m][()], dtype=bool) for m in modalities if m in masks_group}
-        raw = {m: np.asarray(f[m][()]) for m in modalities if m in f}
+        try:
+            steps = {m: np.asarray(masks_group[m][()], dtype=bool) for m in modalities if m in masks_group}
+            raw = {m: np.asarray(f[m][()]) for m in modalities if m in f}
+        except OSError as err:
+            hint = " (zstd-compressed files need `pip install hdf5plugin`)" if hdf5plugin is None else ""
+            raise DataFormatError(f"{path}: cannot read a dataset: {err}{hint}") from None
     first, last = 0, timestamps.shape[0] - 1
     if steps:
         any_present = np.zeros(timestamps.shape[0], dtype=bool)

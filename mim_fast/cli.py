@@ -71,6 +71,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     # Overrides may come after options (``dry_run KEY --json a.b=1``): collect them from the rest.
     args, rest = parser.parse_known_args(argv)

@@ -80,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
-    # Overrides may come after options (``dry_run KEY --json a.b=1``): collect them from the rest.
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "launch":
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and raw[0] == "launch" and not {"-h", "--help"} & set(raw):
+        # torchrun options take values (`--nnodes 2`): split the words ourselves, keeping order.
         from .training.launch import launch_main
 
-        return launch_main(args, rest)
+        return launch_main(raw[1:])
+    # Overrides may come after options (``dry_run KEY --json a.b=1``): collect them from the rest.
+    args, rest = parser.parse_known_args(argv)
     if rest:
         if args.command in ("dry_run", "train") and all("=" in r and not r.startswith("-") for r in rest):
             args.overrides = list(args.overrides) + rest

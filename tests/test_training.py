@@ -184,3 +184,32 @@ def test_resume_ignores_a_metrics_line_cut_short(tmp_path):
     path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
     _truncate_after(str(path), 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_launch_splits_torchrun_options_with_values():
+    from mim_fast.training.launch import _split_launch_args, torchrun_command
+
+    key, work, nproc, smoke, overrides, torchrun = _split_launch_args(
+        ["single_bandset_cross_random_masked_neg", "--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1",
+         "--nproc", "8", "--work-dir", "runs/x", "trainer.max_steps=10"]
+    )  # fmt: skip
+    assert (key, work, nproc, smoke) == ("single_bandset_cross_random_masked_neg", "runs/x", 8, False)
+    assert overrides == ["trainer.max_steps=10"]
+    assert torchrun == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1"]
+    cmd = torchrun_command(key, overrides, work, nproc, smoke, torchrun, 2)
+    assert "--standalone" not in cmd and cmd[cmd.index("--master_addr") + 1] == "10.0.0.1"
+
+
+def test_first_update_uses_a_nonzero_learning_rate_and_logs_it(tmp_path):
+    from mim_fast.training.trainer import lr_at
+
+    work = str(tmp_path / "lr")
+    out = cli("train", "--smoke", "--work-dir", work, "trainer.max_steps=2", "data_loader.num_samples=16")
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = resolve("single_bandset_cross_random_masked_neg")
+    from mim_fast.training.config import smoke
+
+    config = smoke(config)
+    apply_override(config, "trainer.max_steps=2")
+    logged = [m["lr"] for m in _metrics(work)]
+    assert logged == pytest.approx([lr_at(1, config), lr_at(2, config)]) and logged[0] > 0

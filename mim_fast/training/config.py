@@ -35,7 +35,6 @@ class DataLoaderSection:
     num_workers: int = 16
     prefetch_factor: int = 4
     seed: int = 3622
-    num_masked_views: int = 2
     budget_with_tokenization: bool = False
     h5py_dir: str = ""
     num_samples: int = 0
@@ -67,7 +66,6 @@ class TrainerSection:
     max_grad_norm: float = 1.0
     ema_decay: list = field(default_factory=lambda: [1.0, 1.0])
     save_interval: int = 5000
-    metrics_interval: int = 1
     init_seed: int = 12536
     device: str = "auto"
     autocast_bf16: bool = True
@@ -90,7 +88,6 @@ class RunConfig:
     loss: dict
     contrastive: dict
     tokenization: dict
-    decode_only_modalities: list
     data_loader: DataLoaderSection
     trainer: TrainerSection
     launch: LaunchSection
@@ -169,7 +166,6 @@ def resolve(key: str, overrides=()) -> RunConfig:
         loss=exp.loss,
         contrastive=exp.contrastive,
         tokenization=copy.deepcopy(exp.tokenization),
-        decode_only_modalities=list(exp.decode_only),
         data_loader=DataLoaderSection(),
         trainer=TrainerSection(),
         launch=LaunchSection(),

@@ -81,7 +81,8 @@ class Checkpoints:
         self.dir = os.path.join(work_dir, "checkpoints")
         os.makedirs(self.dir, exist_ok=True)
 
-    def latest(self) -> str | None:
+    def paths(self) -> list[str]:
+        """Checkpoint files, newest first."""
         steps = []
         for name in os.listdir(self.dir):
             if name.startswith("step_") and name.endswith(".pt"):
@@ -89,13 +90,25 @@ class Checkpoints:
                     steps.append(int(name[5:-3]))
                 except ValueError:
                     continue
-        return os.path.join(self.dir, f"step_{max(steps)}.pt") if steps else None
+        return [os.path.join(self.dir, f"step_{s}.pt") for s in sorted(steps, reverse=True)]
+
+    def latest(self) -> str | None:
+        paths = self.paths()
+        return paths[0] if paths else None
 
     def save(self, step: int, payload: dict) -> str:
         path = os.path.join(self.dir, f"step_{step}.pt")
         tmp = f"{path}.tmp"
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it gets its final name
         os.replace(tmp, path)
+        directory = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a crash
+        finally:
+            os.close(directory)
         return path
 
     @staticmethod
@@ -143,9 +156,11 @@ class Trainer:
         else:
             self.device = torch.device(t.device)
         _seed_all(t.init_seed)
+        m = config.model
         self.model = build_model(
-            config.experiment, config.model.size, drop_path=config.model.drop_path,
-            band_dropout_rate=config.model.band_dropout_rate, projection_only_target=config.model.projection_only_target,
+            config.experiment, m.size, drop_path=m.drop_path, band_dropout_rate=m.band_dropout_rate,
+            projection_only_target=m.projection_only_target, random_band_dropout=m.random_band_dropout,
+            modalities=m.modalities, tokenization=config.tokenization,
         ).to(self.device)  # fmt: skip
         if world_size > 1:  # identical initial weights on every rank
             import torch.distributed as dist
@@ -165,7 +180,8 @@ class Trainer:
             params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
             fused=self.device.type == "cuda",
         )  # fmt: skip
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, config) / t.lr)
+        # Update k (1-based) uses lr_at(k): the first update already has a non-zero rate.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s + 1, config) / t.lr)
         self.patch_loss = losses.build(config.loss)
         self.contrastive = losses.build(config.contrastive)
         dl = config.data_loader
@@ -205,10 +221,15 @@ class Trainer:
         }
 
     def resume(self) -> bool:
-        path = self.checkpoints.latest()
-        if path is None:
+        payload = path = None
+        for candidate in self.checkpoints.paths():
+            try:
+                payload, path = Checkpoints.load(candidate), candidate
+                break
+            except Exception as err:  # a damaged file (e.g. cut short by a crash): try the previous one
+                self.log(f"skipping unreadable checkpoint {candidate}: {err}")
+        if payload is None:
             return False
-        payload = Checkpoints.load(path)
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -301,6 +322,7 @@ class Trainer:
                 pin_memory=self.device.type == "cuda" and workers > 0,
                 prefetch_factor=dl.prefetch_factor if workers > 0 else None,
                 multiprocessing_context="spawn" if workers > 0 else None,
+                worker_init_fn=_ignore_stop_signals if workers > 0 else None,
                 # Its own generator: creating a loader must not consume the training RNG, or a
                 # resumed run (which creates one mid-epoch) would diverge from an uninterrupted one.
                 generator=torch.Generator().manual_seed(dl.seed + epoch),
@@ -335,19 +357,27 @@ class Trainer:
         wandb_run = _wandb(self.config, self.work_dir) if self.rank == 0 else None
         last = {}
         stream = self._batches()
-        while self.step < t.max_steps and not self._stop:
+        # Ranks stop on the flag they agreed on in the last step's all-reduce (a signal can reach
+        # one rank between two steps); a single process stops on its own flag.
+        self._agreed_stop = False
+        while self.step < t.max_steps and not self._agreed_stop:
             start = time.perf_counter()
             patch, view_a, view_b = next(stream)
             loaded = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
             out = self.train_step(patch, view_a, view_b)
-            lr = self.optimizer.param_groups[0]["lr"]
             self.step += 1
             if self.world_size > 1:  # metrics averaged over ranks (token counts summed)
                 import torch.distributed as dist
 
                 dist.all_reduce(out["sums"])
                 out["sums"] /= self.world_size
-                dist.all_reduce(out["tokens"])
+                # The stop request travels with the token counts, so every rank stops at the same step.
+                counts = torch.cat([out["tokens"], out["tokens"].new_tensor([int(self._stop)])])
+                dist.all_reduce(counts)
+                out["tokens"], self._agreed_stop = counts[:3], bool(counts[3] > 0)
+            else:
+                self._agreed_stop = self._stop
             sums = out["sums"].tolist()  # the one host read per step, for the metrics
             finite = bool(out["finite"])
             self.skipped += 0 if finite else 1
@@ -373,7 +403,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{sums[0]:.4f}", lr=f"{lr:.2e}")
             if self.step % t.save_interval == 0 or self.step == t.max_steps:
                 self.save()
-        if self._stop and self.step < t.max_steps:
+        if self._agreed_stop and self.step < t.max_steps:
             self.save()
             self.log(f"stopped at step {self.step}; checkpoint written, re-run to resume")
         if bar is not None:
@@ -381,6 +411,12 @@ class Trainer:
         if wandb_run is not None:
             wandb_run.finish()
         return last
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the trainer, which checkpoints and stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _unwrap(model):

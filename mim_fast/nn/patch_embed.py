@@ -196,15 +196,6 @@ class MultiModalPatchEmbeddings(nn.Module):
             return data[:, None, None, None], 1, 1
         raise ValueError(f"{modality}: expected [B, T, C] or [B, C] data, got shape {list(data.shape)}")
 
-    @staticmethod
-    def _token_mask(mask: torch.Tensor, spatial: bool, q: int, grid: tuple[int, int, int]) -> torch.Tensor:
-        """Token-level codes ``[B, h, w, T, n_band_sets]`` from a pixel-level mask."""
-        h, w, t = grid
-        if spatial:
-            # The code of a token is the code of its top-left pixel (as the reference reads it).
-            return mask[:, ::q, ::q][:, :h, :w]
-        return mask.reshape(mask.shape[0], 1, 1, t, mask.shape[-1])
-
     def token_grids(self, sample, patch_size: int) -> dict[str, tuple[int, int, int, int]]:
         """``{modality: (H', W', T, n_band_sets)}`` of the supported modalities of ``sample``,
         in packing order (time-only: ``(1, 1, T, n)``, static: ``(1, 1, 1, n)``)."""
@@ -219,9 +210,9 @@ class MultiModalPatchEmbeddings(nn.Module):
         out = {}
         for modality in self._modalities(sample):
             data, mask = getattr(sample, modality), getattr(sample, f"{modality}_mask")
-            spec = get_modality(modality)
-            if spec.is_spatial:
+            if get_modality(modality).is_spatial:
                 x5, q, _ = self._token_grid(modality, data, patch_size)
+                # The code of a token is the code of its top-left pixel (as the reference reads it).
                 out[modality] = mask[:, ::q, ::q][:, : x5.shape[1] // q, : x5.shape[2] // q]
             else:
                 out[modality] = mask
@@ -239,26 +230,23 @@ class MultiModalPatchEmbeddings(nn.Module):
             masks of the same shape without ``D``.
         """
         out = {}
+        masks = self.token_masks(input_data, patch_size)
         for modality in self._modalities(input_data):
             data = getattr(input_data, modality)
-            mask = getattr(input_data, f"{modality}_mask")
             spec = get_modality(modality)
-            tokens, masks = [], []
+            tokens = []
             for idx in range(len(self._band_sets[modality])):
                 x = self._bands(data, modality, idx)
                 keep = self._band_keep(x, modality, idx, generator)
                 layer = self._layer(modality, idx)
                 if spec.is_spatial:
                     tokens.append(layer(x, patch_size, keep=keep))
-                    q = layer.requested(patch_size)
-                    masks.append(mask[:, ::q, ::q, ..., idx][:, : tokens[-1].shape[1], : tokens[-1].shape[2]])
                 else:
                     if keep is not None:
                         x = x * keep.reshape(keep.shape[0], *([1] * (x.dim() - 2)), keep.shape[1]).to(x.dtype)
                     tokens.append(layer(x))
-                    masks.append(mask[..., idx])
             out[modality] = torch.stack(tokens, dim=-2)
-            out[f"{modality}_mask"] = torch.stack(masks, dim=-1)
+            out[f"{modality}_mask"] = masks[modality]
         return out
 
     def forward_packed(
@@ -290,12 +278,13 @@ class MultiModalPatchEmbeddings(nn.Module):
             seqlens [B])`` over the N tokens of all modalities.
         """
         entries, codes, offset = [], [], 0
+        masks = self.token_masks(sample, patch_size)
         for modality in self._modalities(sample):
             data = getattr(sample, modality)
             spec = get_modality(modality)
             x5, q, base = self._token_grid(modality, data, patch_size)
             grid = (x5.shape[1] // q, x5.shape[2] // q, x5.shape[3])
-            mask = self._token_mask(getattr(sample, f"{modality}_mask"), spec.is_spatial, q, grid)
+            mask = masks[modality]  # flattened below in (H', W', T, band set) order, as the tokens
             n_sets = len(self._band_sets[modality])
             for idx in range(n_sets):
                 x = self._bands(x5, modality, idx)

@@ -37,6 +37,21 @@ import triton.language as tl
 
 
 @triton.jit
+def _work_row(work_ptr, i_r, o_c, m_c):
+    """Fields of work row ``i_r``; ``valid`` / ``m_cv`` are per-channel vectors (False on a padding row)."""
+    p_work = work_ptr + i_r * 7
+    b = tl.load(p_work)
+    i = tl.load(p_work + 1)
+    j = tl.load(p_work + 2)
+    t = tl.load(p_work + 3)
+    # A vector load of the slot (same address in every lane) keeps every mask a tensor.
+    valid = tl.load(p_work + 4 + o_c * 0) >= 0
+    rc = tl.load(p_work + 5)
+    cc = tl.load(p_work + 6)
+    return b, i, j, t, valid, m_c & valid, rc, cc
+
+
+@triton.jit
 def _token_patches_kernel(
     x_ptr,  # [B, H, W, T, C]
     keep_ptr,  # uint8 [B, C] (unused without HAS_KEEP)
@@ -60,16 +75,7 @@ def _token_patches_kernel(
     i_r = tl.program_id(0).to(tl.int64)
     o_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     m_c = o_c < C
-    p_work = work_ptr + i_r * 7
-    b = tl.load(p_work)
-    i = tl.load(p_work + 1)
-    j = tl.load(p_work + 2)
-    t = tl.load(p_work + 3)
-    # A vector load of the slot (same address in every lane) keeps every mask a tensor.
-    valid = tl.load(p_work + 4 + o_c * 0) >= 0
-    m_cv = m_c & valid  # channel mask, all False on a padding row
-    rc = tl.load(p_work + 5)
-    cc = tl.load(p_work + 6)
+    b, i, j, t, valid, m_cv, rc, cc = _work_row(work_ptr, i_r, o_c, m_c)
     K = P * P * C
     p_out = out_ptr + i_r * K
     acc_t = tab_ptr.dtype.element_ty
@@ -134,16 +140,7 @@ def _token_patches_backward_kernel(
     i_r = tl.program_id(0).to(tl.int64)
     o_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     m_c = o_c < C
-    p_work = work_ptr + i_r * 7
-    b = tl.load(p_work)
-    i = tl.load(p_work + 1)
-    j = tl.load(p_work + 2)
-    t = tl.load(p_work + 3)
-    # A vector load of the slot (same address in every lane) keeps every mask a tensor.
-    valid = tl.load(p_work + 4 + o_c * 0) >= 0
-    m_cv = m_c & valid  # channel mask, all False on a padding row
-    rc = tl.load(p_work + 5)
-    cc = tl.load(p_work + 6)
+    b, i, j, t, valid, m_cv, rc, cc = _work_row(work_ptr, i_r, o_c, m_c)
     K = P * P * C
     p_grad = grad_ptr + i_r * K
     acc_t = tab_ptr.dtype.element_ty

@@ -39,4 +39,11 @@ TORCH_LIBRARY(mim_fast, m) {
   m.def(
       "cpu_token_patches_backward(Tensor grad_patches, int[] x_shape, Tensor? keep, Tensor work, Tensor tables, "
       "int patch_size) -> Tensor");
+  // patch_disc.cpp
+  m.def(
+      "cpu_patch_disc(Tensor pred, Tensor target, Tensor keep, float tau, float threshold, bool mask_negatives, "
+      "bool save_probs) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "cpu_patch_disc_backward(Tensor grad, Tensor pred, Tensor target, Tensor keep, Tensor probs, "
+      "Tensor contributes, bool need_pred, bool need_target) -> (Tensor, Tensor)");
 }

@@ -38,6 +38,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "nano/tiny training step against the dense path (and the reference package when installed)",
     )
     bench.add_argument("--batch", type=int, nargs="+", default=[8, 32], help="--stage batch sizes (default: 8 32)")
+    bench.add_argument(
+        "--sizes", nargs="*", default=["nano", "tiny"], choices=["nano", "tiny"],
+        help="--model: model sizes of the training-step rows (default: nano tiny; none given: only the loss)",
+    )  # fmt: skip
     bench.add_argument("--no-compile", action="store_true", help="--stage: skip the torch.compile baseline")
     bench.add_argument("--no-memory", action="store_true", help="--stage: skip the peak-memory measurement")
     sub.add_parser("list", help="the 13 experiment keys of the study")
@@ -119,7 +123,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.model:
             from .bench.model_run import main as model_main
 
-            return model_main(args.repeats, args.json)
+            return model_main(args.repeats, args.json, tuple(args.sizes))
         if args.stage:
             if args.device != "cpu":
                 print("mim-fast bench --stage: only --device cpu is supported (the GPU check script covers GPUs)", file=sys.stderr)

@@ -33,21 +33,36 @@ class ModelCase:
     values: dict
 
 
-def loss_case(batch=32, tokens=200, dim=128, seed=0) -> ModelCase:
-    """~tokens/2 decoder tokens per modality and sample (every other token DECODER at random)."""
+def loss_case(batch=32, tokens=200, dim=128, seed=0, backward=False) -> ModelCase:
+    """~tokens/2 decoder tokens per modality and sample (every other token DECODER at random);
+    with ``backward``, the gradient with respect to the predictions is computed too."""
     g = torch.Generator().manual_seed(seed)
-    pred = {m: torch.randn(batch, tokens, dim, generator=g) for m in MODALITIES}
+    pred = {m: torch.randn(batch, tokens, dim, generator=g).requires_grad_(backward) for m in MODALITIES}
     target = {m: torch.randn(batch, tokens, dim, generator=g) for m in MODALITIES}
     mask = {m: torch.where(torch.rand(batch, tokens, generator=g) < 0.5, 2, 0) for m in MODALITIES}
     maps = list(MODALITIES[3:])
     loss = losses.build({"type": "modality_patch_discrimination_masked_negatives", "mask_negatives_for_modalities": maps})
     preds = TokensAndMasks(**pred, **{f"{m}_mask": v for m, v in mask.items()})
     targets = TokensAndMasks(**target, **{f"{m}_mask": v for m, v in mask.items()})
+
+    def timed(fn):
+        if not backward:
+            return fn
+        leaves = list(pred.values())
+
+        def forward_backward():
+            out = fn()
+            torch.autograd.grad(out, leaves)
+            return out
+
+        return forward_backward
+
     paths = {
-        "mim_fast": lambda: loss.compute(preds, targets),
-        "loop": lambda: masked_negatives_loop(pred, target, mask, masked_modalities=maps),
+        "mim_fast": timed(lambda: loss.compute(preds, targets)),
+        "loop": timed(lambda: masked_negatives_loop(pred, target, mask, masked_modalities=maps)),
     }
-    return ModelCase(f"masked_negatives B={batch} 9 modalities ~{tokens // 2} decoder tokens D={dim}", paths,
+    what = "forward+backward" if backward else "forward"
+    return ModelCase(f"masked_negatives {what} B={batch} 9 modalities ~{tokens // 2} decoder tokens D={dim}", paths,
                      {k: float(f().detach()) for k, f in paths.items()})  # fmt: skip
 
 

@@ -9,16 +9,18 @@ import torch
 from .. import __version__
 from .model import loss_case, step_case
 from .stage import SHAPES
-from .timing import median_seconds
+from .timing import interleaved_medians
 
 
 def run(repeats: int = 7, sizes=("nano", "tiny"), shapes=SHAPES) -> dict:
-    cases = [loss_case] + [lambda s=s, sh=sh: step_case(s, *sh) for s in sizes for sh in shapes]
+    """Each case's paths are timed round-robin (median of ``repeats`` after warm-up)."""
+    cases = [loss_case, lambda: loss_case(backward=True)]
+    cases += [lambda s=s, sh=sh: step_case(s, *sh) for s in sizes for sh in shapes]
     rows = []
     for k, build in enumerate(cases):
         case = build()
         print(f"[{k + 1}/{len(cases)}] {case.name}", file=sys.stderr, flush=True)
-        medians = {name: median_seconds(fn, repeats=repeats, warmup=2) for name, fn in case.paths.items()}
+        medians = interleaved_medians(case.paths, repeats=repeats, warmup=2)
         row = {"case": case.name, "median_s": medians, "values": case.values}
         for other in medians:
             if other != "mim_fast":

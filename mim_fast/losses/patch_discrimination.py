@@ -1,5 +1,6 @@
 """Per-modality patch discrimination losses, vectorised over samples (no Python loop over
-samples, no host synchronisation on accelerators).
+samples, no host synchronisation on accelerators). On CPU with the compiled extension the
+per-modality terms come from one fused kernel (``mim_fast.ops.patch_disc``).
 
 For one sample and one modality, with its decoder tokens ``i`` (predictions ``p_i``, targets
 ``t_j``, both L2-normalised) and ``s_ij = p_i . t_j / tau``::
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from ..mask_value import MaskValue
 from ..ops.masked_gather import masked_gather
+from ..ops.patch_disc import fused_available, patch_disc_terms
 from ..nn.tokens import field, present_modalities
 
 
@@ -58,6 +60,24 @@ def _modality_terms(pred, target, valid, tau, threshold, mask_negatives, cast_fp
 def _bound(n_tokens: int, keep: torch.Tensor) -> int | None:
     """Packed length: exact on CPU (reading it costs nothing), the static ``n_tokens`` elsewhere."""
     return None if keep.device.type == "cpu" else n_tokens
+
+
+def _selected_terms(pred, target, keep, bound, tau, threshold, mask_negatives, cast_fp32):
+    """``_modality_terms`` of the tokens selected by ``keep [B, N]`` in ``pred, target [B, N, D]``.
+
+    On CPU with the compiled extension, one fused kernel (exactly-sized per-sample blocks);
+    otherwise pack the selected tokens (``bound`` rows per sample) and use the vectorised
+    composition.
+    """
+    fused_dtype = pred.dtype in (torch.float32, torch.float64) or cast_fp32
+    if fused_dtype and fused_available(pred):
+        if cast_fp32:
+            pred, target = pred.float(), target.float()
+        per_sample, contributes = patch_disc_terms(pred, target, keep, tau, threshold, mask_negatives)
+        return per_sample.sum(), contributes.sum()
+    p = masked_gather(pred, keep, max_len=bound)
+    t = masked_gather(target, keep, max_len=bound)
+    return _modality_terms(p.tokens, t.tokens, p.mask, tau, threshold, mask_negatives, cast_fp32)
 
 
 class ModalityPatchDiscrimination:
@@ -121,11 +141,9 @@ class ModalityPatchDiscrimination:
             b, d = pred.shape[0], pred.shape[-1]
             keep = mask.reshape(b, -1) == MaskValue.DECODER
             n = keep.shape[1]
-            bound = _bound(n, keep)
-            p = masked_gather(pred.reshape(b, n, d), keep, max_len=bound)
-            t = masked_gather(target.reshape(b, n, -1), keep, max_len=bound)
-            terms.append((modality, _modality_terms(
-                p.tokens, t.tokens, p.mask, self.tau, self.threshold, self._masks(modality), self.masked_negatives
+            terms.append((modality, _selected_terms(
+                pred.reshape(b, n, d), target.reshape(b, n, -1), keep, _bound(n, keep), self.tau, self.threshold,
+                self._masks(modality), self.masked_negatives,
             )))  # fmt: skip
         return self._total(terms)
 
@@ -144,9 +162,7 @@ class ModalityPatchDiscrimination:
         for k, modality in enumerate(modality_names):
             keep = mask & (group == k)
             bound = _bound(bounds[k] if bounds else keep.shape[1], keep)
-            p = masked_gather(pred, keep, max_len=bound)
-            t = masked_gather(target, keep, max_len=bound)
-            terms.append((modality, _modality_terms(
-                p.tokens, t.tokens, p.mask, self.tau, self.threshold, self._masks(modality), self.masked_negatives
+            terms.append((modality, _selected_terms(
+                pred, target, keep, bound, self.tau, self.threshold, self._masks(modality), self.masked_negatives
             )))  # fmt: skip
         return self._total(terms)

@@ -15,6 +15,7 @@ from ..ops.masked_gather import masked_scatter
 from .attention import Block, init_linear_weights
 from .encodings import CompositeEncodings, TokenLayout, packed_positions
 from .patch_embed import MultiModalPatchEmbeddings
+from .ragged import Ragged
 from .tokens import TokensAndMasks
 
 
@@ -143,6 +144,12 @@ class Encoder(nn.Module):
         positions = packed_positions(packed)
         encodings = self.composite_encodings.encodings(layout, sample.timestamps, patch_size, positions, input_res)
         tokens = packed.tokens + encodings * packed.mask[..., None]
+        rows = Ragged.of(packed.mask)
+        if rows is not None:  # CPU: the blocks run on the real rows only
+            flat = rows.pack(tokens)
+            for block in self.blocks:
+                flat = block(flat, rows=rows)
+            return rows.unpack(self.norm(flat)), packed, layout
         for block in self.blocks:
             tokens = block(tokens, key_mask=packed.mask)
         return self.norm(tokens), packed, layout

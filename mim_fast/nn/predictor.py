@@ -15,6 +15,7 @@ from ..mask_value import MaskValue
 from ..ops.masked_gather import Packed, masked_gather
 from .attention import Block, init_linear_weights
 from .encodings import CompositeEncodings, TokenLayout, packed_positions
+from .ragged import Ragged
 from .tokens import TokensAndMasks
 
 
@@ -85,6 +86,12 @@ class Predictor(nn.Module):
         positions = packed_positions(queries)
         enc = self.composite_encodings.encodings(layout, timestamps, patch_size, positions, input_res)
         x = (self.mask_token + enc) * queries.mask[..., None]
+        rows, context_rows = Ragged.of(queries.mask), Ragged.of(context_mask)
+        if rows is not None and context_rows is not None:  # CPU: the blocks run on the real rows only
+            flat, flat_context = rows.pack(x), context_rows.pack(context)
+            for block in self.blocks:
+                flat = block(flat, context=flat_context, rows=rows, context_rows=context_rows)
+            return rows.unpack(self.to_output_embed(self.norm(flat)))
         for block in self.blocks:
             x = block(x, context=context, key_mask=context_mask)
         return self.to_output_embed(self.norm(x))

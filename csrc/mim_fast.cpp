@@ -42,7 +42,7 @@ TORCH_LIBRARY(mim_fast, m) {
   // patch_disc.cpp
   m.def(
       "cpu_patch_disc(Tensor pred, Tensor target, Tensor keep, float tau, float threshold, bool mask_negatives, "
-      "bool save_probs) -> (Tensor, Tensor, Tensor)");
+      "bool save_probs) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "cpu_patch_disc_backward(Tensor grad, Tensor pred, Tensor target, Tensor keep, Tensor probs, "
       "Tensor contributes, bool need_pred, bool need_target) -> (Tensor, Tensor)");

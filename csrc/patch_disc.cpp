@@ -1,7 +1,7 @@
 // patch_disc.cpp - fused CPU kernel of the per-modality patch discrimination loss.
 //
 //   cpu_patch_disc(pred [B, N, D], target [B, N, D], keep bool [B, N], tau, threshold,
-//                  mask_negatives, save_probs) -> (per_sample [B], contributes [B], probs)
+//                  mask_negatives, save_probs) -> (mean [], per_sample [B], contributes [B], probs)
 //
 // For sample b with its c_b kept rows (in position order), p_i = pred / |pred|,
 // t_j = target / |target| (F.normalize, eps 1e-12) and s_ij = (p_i . t_j) / tau:
@@ -11,7 +11,8 @@
 // With mask_negatives and c_b > 1, column j is removed from row i's denominator when
 // t_i . t_j > threshold (j != i: the positive always stays); if some row has no column
 // with t_i . t_j <= threshold, the sample is skipped. contributes[b] is 1 for samples
-// with c_b > 0 that are not skipped (per_sample is 0 for the others). With save_probs,
+// with c_b > 0 that are not skipped (per_sample is 0 for the others); mean is the
+// modality's term, sum_b per_sample[b] / max(1, sum_b contributes[b]). With save_probs,
 // probs [sum_b c_b^2] holds the row softmax of each contributing sample's c_b x c_b score
 // block (zeros for skipped samples): exactly what the backward needs, so no score is
 // recomputed. Without it (no gradient wanted) probs is empty and nothing is written.
@@ -166,16 +167,16 @@ MIM_FAST_INLINE void scatter_normalize_backward(const scalar_t* y, const scalar_
 // some row has no column with same_ij <= thr (the sample does not contribute).
 template <typename scalar_t>
 MIM_FAST_INLINE scalar_t shift_rows(scalar_t* out, const scalar_t* scores, const scalar_t* same, int64_t c,
-                                    scalar_t tau, scalar_t thr, bool* skip) {
+                                    int64_t ld, scalar_t tau, scalar_t thr, bool* skip) {
   const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
   scalar_t total = 0;
   for (int64_t i = 0; i < c; ++i) {
     scalar_t* row = out + i * c;
-    const scalar_t* score_row = scores + i * c;
+    const scalar_t* score_row = scores + i * ld;
     for (int64_t j = 0; j < c; ++j) row[j] = score_row[j] / tau;
     const scalar_t positive = row[i];
     if (same != nullptr) {
-      const scalar_t* sim_row = same + i * c;
+      const scalar_t* sim_row = same + i * ld;
       int32_t negatives = 0;
       for (int64_t j = 0; j < c; ++j) {
         const bool removed = sim_row[j] > thr;
@@ -355,20 +356,20 @@ MIM_FAST_INLINE void scatter_f32(const float* y, const float* dy, const float* i
   }
 }
 
-MIM_FAST_INLINE float shift_f32(float* out, const float* scores, const float* same, int64_t c, float tau, float thr,
-                                bool* skip) {
+MIM_FAST_INLINE float shift_f32(float* out, const float* scores, const float* same, int64_t c, int64_t ld, float tau,
+                                float thr, bool* skip) {
   const float inf = std::numeric_limits<float>::infinity();
   const f32x8 neg_inf = splat8(-inf);
   float total = 0;
   for (int64_t i = 0; i < c; ++i) {
     float* row = out + i * c;
-    const float* score_row = scores + i * c;
+    const float* score_row = scores + i * ld;
     const float positive = score_row[i] / tau;
     f32x8 vmax = neg_inf;
     float m = -inf;
     int64_t j = 0;
     if (same != nullptr) {
-      const float* sim_row = same + i * c;
+      const float* sim_row = same + i * ld;
       i32x8 removed_lanes = {};
       int32_t removed = 0;
       for (; j + 8 <= c; j += 8) {
@@ -460,7 +461,7 @@ struct RowKernels {
       &gather_normalized<scalar_t>;
   void (*scatter)(const scalar_t*, const scalar_t*, const scalar_t*, int64_t, int64_t, int64_t, int64_t,
                   const int64_t*, scalar_t*) = &scatter_normalize_backward<scalar_t>;
-  scalar_t (*shift)(scalar_t*, const scalar_t*, const scalar_t*, int64_t, scalar_t, scalar_t, bool*) =
+  scalar_t (*shift)(scalar_t*, const scalar_t*, const scalar_t*, int64_t, int64_t, scalar_t, scalar_t, bool*) =
       &shift_rows<scalar_t>;
   scalar_t (*softmax)(scalar_t*, int64_t) = &softmax_rows<scalar_t>;
   scalar_t (*log_sum_exp)(const scalar_t*, int64_t) = &log_sum_exp_rows<scalar_t>;
@@ -482,9 +483,9 @@ RowKernels<scalar_t> row_kernels() {
                              int64_t N, int64_t b, const int64_t* rows, float* grad) {                        \
     scatter_f32(y, dy, inv_norm, c, D, N, b, rows, grad);                                                     \
   }                                                                                                           \
-  ATTR float shift_##SUFFIX(float* out, const float* scores, const float* same, int64_t c, float tau,        \
-                            float thr, bool* skip) {                                                          \
-    return shift_f32(out, scores, same, c, tau, thr, skip);                                                   \
+  ATTR float shift_##SUFFIX(float* out, const float* scores, const float* same, int64_t c, int64_t ld,       \
+                            float tau, float thr, bool* skip) {                                               \
+    return shift_f32(out, scores, same, c, ld, tau, thr, skip);                                               \
   }                                                                                                           \
   ATTR float softmax_##SUFFIX(float* out, int64_t c) { return softmax_f32(out, c); }                         \
   ATTR float log_sum_exp_##SUFFIX(const float* rows, int64_t c) { return log_sum_exp_f32(rows, c); }
@@ -514,6 +515,10 @@ RowKernels<float> row_kernels<float>() {
   return k;
 }
 
+constexpr int64_t kGemmPad = 8;
+
+int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
 void check_inputs(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& keep) {
   checks::cpu(pred, "pred");
   checks::rank(pred, 3, "pred", "[B, N, D]");
@@ -527,9 +532,11 @@ void check_inputs(const at::Tensor& pred, const at::Tensor& target, const at::Te
   checks::shape(keep, {pred.size(0), pred.size(1)}, "keep", "(B, N) of pred [B, N, D]");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::Tensor& pred_in, const at::Tensor& target_in,
-                                                          const at::Tensor& keep_in, double tau, double threshold,
-                                                          bool mask_negatives, bool save_probs) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::Tensor& pred_in,
+                                                                      const at::Tensor& target_in,
+                                                                      const at::Tensor& keep_in, double tau,
+                                                                      double threshold, bool mask_negatives,
+                                                                      bool save_probs) {
   check_inputs(pred_in, target_in, keep_in);
   TORCH_CHECK_VALUE(tau > 0, "tau: expected a positive temperature, got ", tau);
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous(), keep = keep_in.contiguous();
@@ -539,7 +546,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::Tensor& pred
   at::Tensor contributes = at::zeros({B}, pred.options());
   // Every block is written (softmax, or zeros for a skipped sample), so no zero fill.
   at::Tensor probs = at::empty({save_probs ? lay.prob_offset[B] : 0}, pred.options());
-  if (lay.max_rows == 0) return {per_sample, contributes, probs};
+  if (lay.max_rows == 0) return {at::zeros({}, pred.options()), per_sample, contributes, probs};
 
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "cpu_patch_disc", [&] {
     const scalar_t* pp = pred.data_ptr<scalar_t>();
@@ -552,8 +559,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::Tensor& pred
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       // One GEMM per sample: [p; t] [c (or 2c), D] x t^T gives the scores and, for masked
       // negatives, the target similarities (the two products share their right operand).
-      const int64_t C = lay.max_rows;
-      at::Tensor stacked = at::empty({2 * C, D}, pred.options());
+      // The t block and the columns are padded to a multiple of 8 rows (BLAS kernels are
+      // markedly faster on such sizes); padding rows hold stale finite values whose output
+      // entries are never read.
+      const int64_t C = round_up(lay.max_rows, kGemmPad);
+      at::Tensor stacked = at::zeros({2 * C, D}, pred.options());
       at::Tensor gram_buf = at::empty({2 * C * C}, pred.options());
       at::Tensor scratch = save_probs ? at::Tensor() : at::empty({C * C}, pred.options());
       std::vector<scalar_t> inv(C);
@@ -562,19 +572,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::Tensor& pred
         if (c == 0) continue;
         const int64_t* rows = lay.rows.data() + lay.row_offset[b];
         const bool masked = mask_negatives && c > 1;
+        const int64_t ld = round_up(c, kGemmPad), m = masked ? ld + c : c;
         scalar_t* p_rows = stacked.data_ptr<scalar_t>();
         kern.gather(pp, N, D, b, rows, c, p_rows, inv.data());
-        kern.gather(tp, N, D, b, rows, c, p_rows + c * D, inv.data());
-        const at::Tensor t = stacked.narrow(0, c, c);
-        at::Tensor gram = gram_buf.narrow(0, 0, (masked ? 2 : 1) * c * c).view({masked ? 2 * c : c, c});
-        at::mm_out(gram, stacked.narrow(0, 0, masked ? 2 * c : c), t.t());
+        kern.gather(tp, N, D, b, rows, c, p_rows + ld * D, inv.data());
+        const at::Tensor t = stacked.narrow(0, ld, ld);
+        at::Tensor gram = gram_buf.narrow(0, 0, m * ld).view({m, ld});
+        at::mm_out(gram, masked ? stacked.narrow(0, 0, m) : stacked.narrow(0, 0, c), t.t());
         const scalar_t* scores = gram_buf.data_ptr<scalar_t>();
-        const scalar_t* same = scores + c * c;
+        const scalar_t* same = scores + ld * ld;
         scalar_t* out = save_probs ? probs_p + lay.prob_offset[b] : scratch.data_ptr<scalar_t>();
         // Row softmax of scores / tau with removed negatives at -inf; the shift by the row
         // max is finite because the diagonal always stays.
         bool skip = false;
-        scalar_t total = kern.shift(out, scores, masked ? same : nullptr, c, tau_s, thr, &skip);
+        scalar_t total = kern.shift(out, scores, masked ? same : nullptr, c, ld, tau_s, thr, &skip);
         if (skip) {  // probs must stay zero (no gradient)
           std::fill(out, out + c * c, scalar_t(0));
           continue;
@@ -585,7 +596,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::Tensor& pred
       }
     });
   });
-  return {per_sample, contributes, probs};
+  // The modality's mean over contributing samples (B values: serial, in sample order).
+  at::Tensor mean = at::empty({}, pred.options());
+  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "cpu_patch_disc_mean", [&] {
+    const scalar_t* loss_p = per_sample.data_ptr<scalar_t>();
+    const scalar_t* contrib_p = contributes.data_ptr<scalar_t>();
+    scalar_t total = 0, count = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      total += loss_p[b];
+      count += contrib_p[b];
+    }
+    mean.fill_(total / std::max(count, scalar_t(1)));
+  });
+  return {mean, per_sample, contributes, probs};
 }
 
 std::tuple<at::Tensor, at::Tensor> patch_disc_backward(const at::Tensor& grad_in, const at::Tensor& pred_in,

@@ -60,14 +60,17 @@ def test_values_and_gradients_equal_the_loop(dtype, masked):
     pred, target, keep = _case(5, 40, 16, dtype, duplicates=30, uniform_sample=2)
     pred.requires_grad_(True)
     target.requires_grad_(True)
-    got, got_c = patch_disc_terms(pred, target, keep, 0.1, 0.999, masked)
+    terms = patch_disc_terms(pred, target, keep, 0.1, 0.999, masked)
     want, want_c = loop_terms(pred, target, keep, masked=masked)
-    assert torch.equal(got_c, want_c)
+    want_mean = want.sum() / want_c.sum().clamp_min(1)
+    assert torch.equal(terms.contributes, want_c)
     tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-10}
-    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(terms.per_sample, want, **tol)
+    torch.testing.assert_close(terms.mean, want_mean, **tol)
     weights = torch.linspace(0.5, 2.0, pred.shape[0], dtype=dtype)  # a non-uniform upstream gradient
-    got_g = torch.autograd.grad((got * weights).sum(), (pred, target))
-    want_g = torch.autograd.grad((want * weights).sum(), (pred, target))
+    # both outputs at once: the backward adds the mean's share to the per-sample gradient
+    got_g = torch.autograd.grad((terms.per_sample * weights).sum() + 3 * terms.mean, (pred, target))
+    want_g = torch.autograd.grad((want * weights).sum() + 3 * want_mean, (pred, target))
     tol = {"atol": 1e-6, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-9}
     for a, b in zip(got_g, want_g):
         torch.testing.assert_close(a, b, **tol)
@@ -77,8 +80,8 @@ def test_masking_changes_only_samples_with_near_identical_targets():
     pred, target, keep = _case(4, 30, 8, duplicates=0)
     keep[1, :4] = True
     target[1, 1] = target[1, 0] * 3.0  # tokens 0 and 1 of sample 1: the same target
-    plain, _ = patch_disc_terms(pred, target, keep, 0.1, 0.999, False)
-    masked, contributes = patch_disc_terms(pred, target, keep, 0.1, 0.999, True)
+    _, plain, _ = patch_disc_terms(pred, target, keep, 0.1, 0.999, False)
+    _, masked, contributes = patch_disc_terms(pred, target, keep, 0.1, 0.999, True)
     assert torch.equal(contributes, torch.ones(4))
     assert masked[1] < plain[1]  # a removed negative lowers that sample's loss
     torch.testing.assert_close(masked[[0, 2, 3]], plain[[0, 2, 3]], atol=0, rtol=0)
@@ -89,7 +92,7 @@ def test_gradcheck_float64():
     pred.requires_grad_(True)
     target.requires_grad_(True)
     for masked in (False, True):
-        assert torch.autograd.gradcheck(lambda p, t: patch_disc_terms(p, t, keep, 0.2, 0.999, masked)[0], (pred, target))
+        assert torch.autograd.gradcheck(lambda p, t: patch_disc_terms(p, t, keep, 0.2, 0.999, masked)[:2], (pred, target))
 
 
 def test_edge_cases_empty_single_and_zero_vectors():
@@ -99,13 +102,15 @@ def test_edge_cases_empty_single_and_zero_vectors():
     keep[2] = True
     pred[2, 0] = 0.0  # normalised with eps: a zero vector stays zero
     target[2, 3] = 0.0
-    got, got_c = patch_disc_terms(pred, target, keep, 0.1, 0.999, True)
+    _, got, got_c = patch_disc_terms(pred, target, keep, 0.1, 0.999, True)
     want, want_c = loop_terms(pred, target, keep, masked=True)
     assert torch.equal(got_c, want_c) and got_c.tolist() == [0.0, 1.0, 1.0, 0.0]
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert got[1] == 0 and got[0] == 0 and got[3] == 0
-    empty, empty_c = patch_disc_terms(pred[:0], target[:0], keep[:0], 0.1, 0.999, True)
-    assert empty.shape == (0,) and empty_c.shape == (0,)
+    mean, empty, empty_c = patch_disc_terms(pred[:0], target[:0], keep[:0], 0.1, 0.999, True)
+    assert empty.shape == (0,) and empty_c.shape == (0,) and mean == 0
+    none_kept = patch_disc_terms(pred, target, torch.zeros_like(keep), 0.1, 0.999, True)
+    assert none_kept.mean == 0 and not none_kept.contributes.any()
 
 
 @settings(max_examples=40, deadline=None)
@@ -119,7 +124,7 @@ def test_edge_cases_empty_single_and_zero_vectors():
 )
 def test_property_equals_loop(batch, tokens, dim, duplicates, masked, seed):
     pred, target, keep = _case(batch, tokens, dim, torch.float64, seed=seed, duplicates=duplicates if tokens else 0)
-    got, got_c = patch_disc_terms(pred, target, keep, 0.1, 0.999, masked)
+    _, got, got_c = patch_disc_terms(pred, target, keep, 0.1, 0.999, masked)
     want, want_c = loop_terms(pred, target, keep, masked=masked)
     assert torch.equal(got_c, want_c)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
@@ -127,12 +132,12 @@ def test_property_equals_loop(batch, tokens, dim, duplicates, masked, seed):
 
 def test_no_probabilities_kept_without_gradients():
     pred, target, keep = _case(3, 10, 4)
-    _, _, probs = OPS.cpu_patch_disc(pred, target, keep, 0.1, 0.999, True, False)
+    probs = OPS.cpu_patch_disc(pred, target, keep, 0.1, 0.999, True, False)[3]
     assert probs.numel() == 0
-    _, _, probs = OPS.cpu_patch_disc(pred, target, keep, 0.1, 0.999, True, True)
+    probs = OPS.cpu_patch_disc(pred, target, keep, 0.1, 0.999, True, True)[3]
     assert probs.numel() == int((keep.sum(1) ** 2).sum())
     pred.requires_grad_(True)
-    per_sample, _, _ = OPS.cpu_patch_disc(pred, target, keep, 0.1, 0.999, True, False)
+    per_sample = OPS.cpu_patch_disc(pred, target, keep, 0.1, 0.999, True, False)[1]
     with pytest.raises(RuntimeError, match="save_probs=False"):
         per_sample.sum().backward()
 
@@ -158,7 +163,7 @@ def test_bad_temperature_and_backward_inputs():
     pred, target, keep = _case(2, 5, 3)
     with pytest.raises(ValueError, match="tau: expected a positive temperature"):
         OPS.cpu_patch_disc(pred, target, keep, 0.0, 0.999, True, False)
-    per_sample, contributes, probs = OPS.cpu_patch_disc(pred, target, keep, 0.1, 0.999, True, True)
+    _, _, contributes, probs = OPS.cpu_patch_disc(pred, target, keep, 0.1, 0.999, True, True)
     with pytest.raises(ValueError, match="probs: expected shape"):
         OPS.cpu_patch_disc_backward(torch.ones(2), pred, target, keep, probs[1:], contributes, True, True)
     with pytest.raises(ValueError, match="grad: expected shape"):

@@ -62,22 +62,22 @@ def _bound(n_tokens: int, keep: torch.Tensor) -> int | None:
     return None if keep.device.type == "cpu" else n_tokens
 
 
-def _selected_terms(pred, target, keep, bound, tau, threshold, mask_negatives, cast_fp32):
-    """``_modality_terms`` of the tokens selected by ``keep [B, N]`` in ``pred, target [B, N, D]``.
+def _selected_term(pred, target, keep, bound, tau, threshold, mask_negatives, cast_fp32, fused):
+    """One modality's term (the mean over contributing samples of the per-sample losses) for
+    the tokens selected by ``keep [B, N]`` in ``pred, target [B, N, D]``.
 
-    On CPU with the compiled extension, one fused kernel (exactly-sized per-sample blocks);
-    otherwise pack the selected tokens (``bound`` rows per sample) and use the vectorised
-    composition.
+    ``fused``: one kernel on exactly-sized per-sample blocks (CPU with the compiled
+    extension); otherwise pack the selected tokens (``bound`` rows per sample) and use the
+    vectorised composition.
     """
-    fused_dtype = pred.dtype in (torch.float32, torch.float64) or cast_fp32
-    if fused_dtype and fused_available(pred):
+    if fused and (cast_fp32 or pred.dtype in (torch.float32, torch.float64)):
         if cast_fp32:
             pred, target = pred.float(), target.float()
-        per_sample, contributes = patch_disc_terms(pred, target, keep, tau, threshold, mask_negatives)
-        return per_sample.sum(), contributes.sum()
+        return patch_disc_terms(pred, target, keep, tau, threshold, mask_negatives).mean
     p = masked_gather(pred, keep, max_len=bound)
     t = masked_gather(target, keep, max_len=bound)
-    return _modality_terms(p.tokens, t.tokens, p.mask, tau, threshold, mask_negatives, cast_fp32)
+    summed, contributing = _modality_terms(p.tokens, t.tokens, p.mask, tau, threshold, mask_negatives, cast_fp32)
+    return summed / contributing.clamp_min(1)
 
 
 class ModalityPatchDiscrimination:
@@ -116,12 +116,13 @@ class ModalityPatchDiscrimination:
 
     def _total(self, per_modality):
         total = None
-        for modality, (summed, contributing) in per_modality:
-            term = summed / contributing.clamp_min(1) * self._weight_of(modality)
+        for modality, term in per_modality:
+            weight = self._weight_of(modality)
+            term = term if weight == 1.0 else term * weight
             total = term if total is None else total + term
         if total is None:
             raise ValueError("predictions: no modality to compute the loss on")
-        return total * self.weight
+        return total if self.weight == 1.0 else total * self.weight
 
     def compute(self, predictions, targets) -> torch.Tensor:
         """Loss of reference-shaped predictions and targets.
@@ -131,7 +132,7 @@ class ModalityPatchDiscrimination:
                 or a dict ``{m: tokens, m + "_mask": mask}``; DECODER tokens are read from its masks.
             targets: the same layout (its masks are ignored, as in the reference).
         """
-        terms = []
+        terms, fused = [], None
         for modality in present_modalities(targets):
             pred = field(predictions, modality)
             mask = field(predictions, f"{modality}_mask")
@@ -141,9 +142,10 @@ class ModalityPatchDiscrimination:
             b, d = pred.shape[0], pred.shape[-1]
             keep = mask.reshape(b, -1) == MaskValue.DECODER
             n = keep.shape[1]
-            terms.append((modality, _selected_terms(
+            fused = fused_available(pred) if fused is None else fused
+            terms.append((modality, _selected_term(
                 pred.reshape(b, n, d), target.reshape(b, n, -1), keep, _bound(n, keep), self.tau, self.threshold,
-                self._masks(modality), self.masked_negatives,
+                self._masks(modality), self.masked_negatives, fused,
             )))  # fmt: skip
         return self._total(terms)
 
@@ -158,11 +160,11 @@ class ModalityPatchDiscrimination:
             bounds: per modality, an upper bound on its decoder tokens per sample (used on
                 accelerators instead of reading the counts on the host; default L).
         """
-        terms = []
+        terms, fused = [], fused_available(pred)
         for k, modality in enumerate(modality_names):
             keep = mask & (group == k)
             bound = _bound(bounds[k] if bounds else keep.shape[1], keep)
-            terms.append((modality, _selected_terms(
-                pred, target, keep, bound, self.tau, self.threshold, self._masks(modality), self.masked_negatives
+            terms.append((modality, _selected_term(
+                pred, target, keep, bound, self.tau, self.threshold, self._masks(modality), self.masked_negatives, fused
             )))  # fmt: skip
         return self._total(terms)

@@ -8,6 +8,8 @@ padded ``[B, L, L]`` intermediate. ``mim_fast.losses`` uses it on CPU when the `
 backend runs; elsewhere the losses use their vectorised torch composition.
 """
 
+from typing import NamedTuple
+
 import torch
 
 from .. import backends
@@ -20,6 +22,21 @@ def fused_available(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and backends.select_name(x.device) == "cpp"
 
 
+class PatchDiscTerms(NamedTuple):
+    """One modality's patch discrimination terms.
+
+    mean: ``[]`` the modality's loss, the mean of ``per_sample`` over contributing samples
+        (0 when none contributes).
+    per_sample: ``[B]`` ``2 tau * mean_i (logsumexp_j s_ij - s_ii)`` per sample (0 where it
+        does not contribute).
+    contributes: ``[B]`` 1.0 / 0.0 flags of the samples that count in the mean.
+    """
+
+    mean: torch.Tensor
+    per_sample: torch.Tensor
+    contributes: torch.Tensor
+
+
 def patch_disc_terms(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -27,8 +44,8 @@ def patch_disc_terms(
     tau: float,
     threshold: float,
     mask_negatives: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample patch discrimination losses of one modality.
+) -> PatchDiscTerms:
+    """Patch discrimination losses of one modality.
 
     Args:
         pred, target: ``[B, N, D]`` float32 or float64 CPU tensors (normalised inside).
@@ -39,27 +56,25 @@ def patch_disc_terms(
             where a token has no negative left.
 
     Returns:
-        ``(per_sample [B], contributes [B])``: ``2 tau * mean_i (logsumexp_j s_ij - s_ii)``
-        per sample (0 where it does not contribute), and 1.0 / 0.0 flags of the samples
-        that count in the modality's mean. ``per_sample`` carries gradients to ``pred``
-        and ``target``.
+        :class:`PatchDiscTerms` ``(mean, per_sample, contributes)``; ``mean`` and
+        ``per_sample`` carry gradients to ``pred`` and ``target``.
     """
     save = torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad)
-    per_sample, contributes, _ = _ops.cpu_patch_disc(
+    mean, per_sample, contributes, _ = _ops.cpu_patch_disc(
         pred, target, keep, float(tau), float(threshold), bool(mask_negatives), save
     )
-    return per_sample, contributes
+    return PatchDiscTerms(mean, per_sample, contributes)
 
 
 def _setup_context(ctx, inputs, output):
     pred, target, keep, _, _, _, save_probs = inputs
-    _, contributes, probs = output
+    _, _, contributes, probs = output
     ctx.save_probs = save_probs
     ctx.mark_non_differentiable(contributes, probs)
     ctx.save_for_backward(pred, target, keep, probs, contributes)
 
 
-def _backward(ctx, grad, _grad_contributes, _grad_probs):
+def _backward(ctx, grad_mean, grad_per_sample, _grad_contributes, _grad_probs):
     if not ctx.save_probs:
         raise RuntimeError(
             "cpu_patch_disc: called with save_probs=False, so it cannot be differentiated; "
@@ -67,6 +82,10 @@ def _backward(ctx, grad, _grad_contributes, _grad_probs):
         )
     pred, target, keep, probs, contributes = ctx.saved_tensors
     need_pred, need_target = ctx.needs_input_grad[:2]
+    # mean = sum_b per_sample[b] / max(1, count): its gradient reaches contributing samples.
+    grad = contributes * (grad_mean / contributes.sum().clamp_min(1))
+    if grad_per_sample is not None:
+        grad = grad + grad_per_sample
     grad_pred, grad_target = _ops.cpu_patch_disc_backward(
         grad.contiguous(), pred, target, keep, probs, contributes, need_pred, need_target
     )
@@ -84,7 +103,8 @@ def _register() -> None:
     def _(pred, target, keep, tau, threshold, mask_negatives, save_probs):
         # probs holds sum_b c_b^2 values: a size known only from keep's contents.
         n = torch.library.get_ctx().new_dynamic_size() if save_probs else 0
-        return pred.new_empty(pred.shape[:1]), pred.new_empty(pred.shape[:1]), pred.new_empty(n)
+        per_sample = pred.new_empty(pred.shape[:1])
+        return pred.new_empty(()), per_sample, torch.empty_like(per_sample), pred.new_empty(n)
 
     @torch.library.register_fake("mim_fast::cpu_patch_disc_backward")
     def _(grad, pred, target, keep, probs, contributes, need_pred, need_target):

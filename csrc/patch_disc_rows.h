@@ -1,0 +1,465 @@
+// patch_disc_rows.h - the per-sample row passes of the patch discrimination kernel
+// (patch_disc.cpp): gather + normalise the selected rows, the masked / shifted score rows,
+// the softmax or log-sum-exp, and the normalisation's backward.
+//
+// Scalar templates serve float64; float uses 8-wide GCC vector code, compiled for the
+// baseline ISA and for AVX2 + FMA (chosen at run time). Included by patch_disc.cpp only
+// (everything here has internal linkage).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace mim_fast {
+namespace {
+
+constexpr double kNormEps = 1e-12;  // F.normalize's default eps
+
+// Reductions with independent partial accumulators: a single running sum or max is a
+// serial dependency chain the compiler may not reorder (IEEE), which made these loops,
+// not the GEMMs, the bottleneck; fixed lanes let it vectorise them.
+constexpr int kLanes = 16;
+
+// Inlined into each ISA's copy of the row passes (see RowKernels).
+#define MIM_FAST_INLINE __attribute__((always_inline)) inline
+
+// The lanes folded pairwise (4 dependent steps instead of 16: rows are short, so the
+// horizontal reduction is a large part of each row's latency).
+template <typename scalar_t>
+MIM_FAST_INLINE scalar_t fold_sum(scalar_t* acc) {
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+template <typename scalar_t>
+MIM_FAST_INLINE scalar_t fold_max(scalar_t* acc) {
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] = acc[l] < acc[l + w] ? acc[l + w] : acc[l];
+  return acc[0];
+}
+
+template <typename scalar_t>
+MIM_FAST_INLINE scalar_t lane_dot(const scalar_t* x, const scalar_t* y, int64_t n) {
+  scalar_t acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += x[j + l] * y[j + l];
+  scalar_t total = fold_sum(acc);
+  for (; j < n; ++j) total += x[j] * y[j];
+  return total;
+}
+
+template <typename scalar_t>
+MIM_FAST_INLINE scalar_t lane_max(const scalar_t* x, int64_t n) {
+  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
+  scalar_t acc[kLanes];
+  for (int l = 0; l < kLanes; ++l) acc[l] = lowest;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] = acc[l] < x[j + l] ? x[j + l] : acc[l];
+  scalar_t m = fold_max(acc);
+  for (; j < n; ++j) m = m < x[j] ? x[j] : m;
+  return m;
+}
+
+// Copies sample b's kept rows of x [B, N, D] into out [c, D], normalised; inv_norm[i] = 1 / max(|x_i|, eps).
+template <typename scalar_t>
+MIM_FAST_INLINE void gather_normalized(const scalar_t* x, int64_t N, int64_t D, int64_t b, const int64_t* rows, int64_t c,
+                       scalar_t* out, scalar_t* inv_norm) {
+  // The kept rows are scattered through x: prefetch a few rows ahead, since the input
+  // usually comes cold from memory and the hardware prefetcher does not follow the gaps.
+  constexpr int64_t kAhead = 12;
+  const int64_t line = 64 / static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t i = 0; i < c; ++i) {
+    if (i + kAhead < c) {
+      const scalar_t* next = x + (b * N + rows[i + kAhead]) * D;
+      for (int64_t d = 0; d < D; d += line) __builtin_prefetch(next + d);
+    }
+    const scalar_t* src = x + (b * N + rows[i]) * D;
+    const scalar_t inv = scalar_t(1) / std::max(std::sqrt(lane_dot(src, src, D)), scalar_t(kNormEps));
+    inv_norm[i] = inv;
+    scalar_t* dst = out + i * D;
+    for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * inv;
+  }
+}
+
+// Adds the normalisation's backward of dy [c, D] (w.r.t. y = x * inv_norm) into the kept rows of grad [B, N, D].
+template <typename scalar_t>
+MIM_FAST_INLINE void scatter_normalize_backward(const scalar_t* y, const scalar_t* dy, const scalar_t* inv_norm, int64_t c, int64_t D,
+                                int64_t N, int64_t b, const int64_t* rows, scalar_t* grad) {
+  const scalar_t eps_inv = scalar_t(1.0 / kNormEps);
+  for (int64_t i = 0; i < c; ++i) {
+    const scalar_t* yi = y + i * D;
+    const scalar_t* gi = dy + i * D;
+    scalar_t* out = grad + (b * N + rows[i]) * D;
+    if (inv_norm[i] >= eps_inv) {  // |x| <= eps: y = x / eps, a linear map
+      for (int64_t d = 0; d < D; ++d) out[d] = gi[d] * eps_inv;
+      continue;
+    }
+    const scalar_t dot = lane_dot(yi, gi, D);
+    for (int64_t d = 0; d < D; ++d) out[d] = (gi[d] - yi[d] * dot) * inv_norm[i];
+  }
+}
+
+// First pass over one sample's c x c block: out = scores / tau, removed negatives
+// (same_ij > thr, j != i; same == nullptr when nothing is removed) at -inf, each row
+// shifted by its max. Returns sum_i (max_i - positive_i), or sets *skip and stops when
+// some row has no column with same_ij <= thr (the sample does not contribute).
+template <typename scalar_t>
+MIM_FAST_INLINE scalar_t shift_rows(scalar_t* out, const scalar_t* scores, const scalar_t* same, int64_t c,
+                                    int64_t ld, scalar_t tau, scalar_t thr, bool* skip) {
+  const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+  scalar_t total = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    scalar_t* row = out + i * c;
+    const scalar_t* score_row = scores + i * ld;
+    for (int64_t j = 0; j < c; ++j) row[j] = score_row[j] / tau;
+    const scalar_t positive = row[i];
+    if (same != nullptr) {
+      const scalar_t* sim_row = same + i * ld;
+      int32_t negatives = 0;
+      for (int64_t j = 0; j < c; ++j) {
+        const bool removed = sim_row[j] > thr;
+        negatives += removed ? 0 : 1;
+        row[j] = removed ? -inf : row[j];
+      }
+      if (negatives == 0) {
+        *skip = true;
+        return 0;
+      }
+      row[i] = positive;
+    }
+    const scalar_t m = lane_max(row, c);
+    for (int64_t j = 0; j < c; ++j) row[j] -= m;
+    total += m - positive;
+  }
+  return total;
+}
+
+// exp(x) for x <= 0 (a row shifted by its max), 0 below float's normal range (and for
+// -inf). Branch-free so that it vectorises: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split
+// in two parts for an exact reduction), exp(r) by the degree-6 minimax polynomial of the
+// Cephes expf (about 1 ulp), then 2^n built in the exponent bits.
+MIM_FAST_INLINE float exp_nonpositive(float x) {
+  const float lowest = -87.33654f;  // exp(lowest) ~ FLT_MIN
+  const float xc = x < lowest ? lowest : x;
+  const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (xc - fn * 0.693359375f) - fn * -2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const float e_r = poly * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < lowest ? 0.0f : e_r * scale;
+}
+
+MIM_FAST_INLINE double exp_nonpositive(double x) { return std::exp(x); }
+
+// Second pass: exp of the shifted rows, each divided by its sum (the softmax). Returns
+// sum_i log(sum_i).
+template <typename scalar_t>
+MIM_FAST_INLINE scalar_t softmax_rows(scalar_t* out, int64_t c) {
+  scalar_t total = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    scalar_t* row = out + i * c;
+    scalar_t acc[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= c; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) {
+        row[j + l] = exp_nonpositive(row[j + l]);
+        acc[l] += row[j + l];
+      }
+    scalar_t sum = fold_sum(acc);
+    for (; j < c; ++j) {
+      row[j] = exp_nonpositive(row[j]);
+      sum += row[j];
+    }
+    const scalar_t inv_sum = scalar_t(1) / sum;
+    for (int64_t k = 0; k < c; ++k) row[k] *= inv_sum;
+    total += std::log(sum);
+  }
+  return total;
+}
+
+// Second pass without the softmax (nothing saved for a backward): returns
+// sum_i log(sum_j exp(row_ij)) and writes nothing.
+template <typename scalar_t>
+MIM_FAST_INLINE scalar_t log_sum_exp_rows(const scalar_t* rows, int64_t c) {
+  scalar_t total = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    const scalar_t* row = rows + i * c;
+    scalar_t acc[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= c; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc[l] += exp_nonpositive(row[j + l]);
+    scalar_t sum = fold_sum(acc);
+    for (; j < c; ++j) sum += exp_nonpositive(row[j]);
+    total += std::log(sum);
+  }
+  return total;
+}
+
+// Float versions of the passes on 8-wide GCC vectors: the compiler does not vectorise the
+// scalar templates' exp and select loops well. Vector + scalar broadcasts the scalar;
+// comparisons give lane masks usable in ?:. Tails (c % 8) reuse the scalar code.
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+
+MIM_FAST_INLINE f32x8 load8(const float* p) {
+  f32x8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+MIM_FAST_INLINE void store8(float* p, f32x8 v) { std::memcpy(p, &v, sizeof(v)); }
+MIM_FAST_INLINE f32x8 splat8(float x) { return f32x8{} + x; }
+MIM_FAST_INLINE float hsum8(f32x8 v) {
+  float lanes[8];
+  std::memcpy(lanes, &v, sizeof(v));
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+MIM_FAST_INLINE float hmax8(f32x8 v) {
+  float lanes[8];
+  std::memcpy(lanes, &v, sizeof(v));
+  float m = lanes[0];
+  for (int l = 1; l < 8; ++l) m = m < lanes[l] ? lanes[l] : m;
+  return m;
+}
+MIM_FAST_INLINE f32x8 vmax8(f32x8 a, f32x8 b) { return a < b ? b : a; }
+
+// exp_nonpositive on 8 lanes (same steps).
+MIM_FAST_INLINE f32x8 exp8(f32x8 x) {
+  const f32x8 lowest = splat8(-87.33654f);
+  const f32x8 xc = x < lowest ? lowest : x;
+  const f32x8 fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const f32x8 r = (xc - fn * 0.693359375f) - fn * -2.12194440e-4f;
+  f32x8 poly = splat8(1.9875691500e-4f);
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const f32x8 e_r = poly * r * r + r + 1.0f;
+  const i32x8 bits = (__builtin_convertvector(fn, i32x8) + 127) << 23;
+  f32x8 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < lowest ? f32x8{} : e_r * scale;
+}
+
+MIM_FAST_INLINE float dot_f32(const float* x, const float* y, int64_t n) {
+  f32x8 a0 = {}, a1 = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    a0 += load8(x + j) * load8(y + j);
+    a1 += load8(x + j + 8) * load8(y + j + 8);
+  }
+  for (; j + 8 <= n; j += 8) a0 += load8(x + j) * load8(y + j);
+  float total = hsum8(a0 + a1);
+  for (; j < n; ++j) total += x[j] * y[j];
+  return total;
+}
+
+MIM_FAST_INLINE void gather_f32(const float* x, int64_t N, int64_t D, int64_t b, const int64_t* rows, int64_t c,
+                                float* out, float* inv_norm) {
+  constexpr int64_t kAhead = 16;  // rows are scattered: prefetch a few ahead
+  for (int64_t i = 0; i < c; ++i) {
+    if (i + kAhead < c) {
+      const float* next = x + (b * N + rows[i + kAhead]) * D;
+      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(next + d);
+    }
+    const float* src = x + (b * N + rows[i]) * D;
+    const float inv = 1.0f / std::max(std::sqrt(dot_f32(src, src, D)), float(kNormEps));
+    inv_norm[i] = inv;
+    float* dst = out + i * D;
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) store8(dst + d, load8(src + d) * inv);
+    for (; d < D; ++d) dst[d] = src[d] * inv;
+  }
+}
+
+MIM_FAST_INLINE void scatter_f32(const float* y, const float* dy, const float* inv_norm, int64_t c, int64_t D,
+                                 int64_t N, int64_t b, const int64_t* rows, float* grad) {
+  const float eps_inv = float(1.0 / kNormEps);
+  for (int64_t i = 0; i < c; ++i) {
+    const float* yi = y + i * D;
+    const float* gi = dy + i * D;
+    float* out = grad + (b * N + rows[i]) * D;
+    const float scale = inv_norm[i] >= eps_inv ? eps_inv : inv_norm[i];
+    const float dot = inv_norm[i] >= eps_inv ? 0.0f : dot_f32(yi, gi, D);
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) store8(out + d, (load8(gi + d) - load8(yi + d) * dot) * scale);
+    for (; d < D; ++d) out[d] = (gi[d] - yi[d] * dot) * scale;
+  }
+}
+
+MIM_FAST_INLINE float shift_f32(float* out, const float* scores, const float* same, int64_t c, int64_t ld, float tau,
+                                float thr, bool* skip) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const f32x8 neg_inf = splat8(-inf);
+  float total = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    float* row = out + i * c;
+    const float* score_row = scores + i * ld;
+    const float positive = score_row[i] / tau;
+    f32x8 vmax = neg_inf;
+    float m = -inf;
+    int64_t j = 0;
+    if (same != nullptr) {
+      const float* sim_row = same + i * ld;
+      i32x8 removed_lanes = {};
+      int32_t removed = 0;
+      for (; j + 8 <= c; j += 8) {
+        const i32x8 drop = load8(sim_row + j) > thr;  // lanes: -1 where removed
+        const f32x8 v = drop ? neg_inf : load8(score_row + j) / tau;
+        removed_lanes += drop;
+        store8(row + j, v);
+        vmax = vmax8(vmax, v);
+      }
+      for (; j < c; ++j) {
+        const bool drop = sim_row[j] > thr;
+        removed += drop ? 1 : 0;
+        row[j] = drop ? -inf : score_row[j] / tau;
+        m = m < row[j] ? row[j] : m;
+      }
+      for (int l = 0; l < 8; ++l) removed -= removed_lanes[l];
+      if (removed == c) {  // no column left with same_ij <= thr
+        *skip = true;
+        return 0;
+      }
+      row[i] = positive;
+    } else {
+      for (; j + 8 <= c; j += 8) {
+        const f32x8 v = load8(score_row + j) / tau;
+        store8(row + j, v);
+        vmax = vmax8(vmax, v);
+      }
+      for (; j < c; ++j) {
+        row[j] = score_row[j] / tau;
+        m = m < row[j] ? row[j] : m;
+      }
+    }
+    m = std::max(std::max(m, hmax8(vmax)), positive);
+    j = 0;
+    for (; j + 8 <= c; j += 8) store8(row + j, load8(row + j) - m);
+    for (; j < c; ++j) row[j] -= m;
+    total += m - positive;
+  }
+  return total;
+}
+
+MIM_FAST_INLINE float softmax_f32(float* out, int64_t c) {
+  float total = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    float* row = out + i * c;
+    f32x8 acc = {};
+    int64_t j = 0;
+    for (; j + 8 <= c; j += 8) {
+      const f32x8 e = exp8(load8(row + j));
+      store8(row + j, e);
+      acc += e;
+    }
+    float sum = hsum8(acc);
+    for (; j < c; ++j) {
+      row[j] = exp_nonpositive(row[j]);
+      sum += row[j];
+    }
+    const float inv_sum = 1.0f / sum;
+    j = 0;
+    for (; j + 8 <= c; j += 8) store8(row + j, load8(row + j) * inv_sum);
+    for (; j < c; ++j) row[j] *= inv_sum;
+    total += std::log(sum);
+  }
+  return total;
+}
+
+MIM_FAST_INLINE float log_sum_exp_f32(const float* rows, int64_t c) {
+  float total = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    const float* row = rows + i * c;
+    f32x8 a0 = {}, a1 = {};
+    int64_t j = 0;
+    for (; j + 16 <= c; j += 16) {
+      a0 += exp8(load8(row + j));
+      a1 += exp8(load8(row + j + 8));
+    }
+    for (; j + 8 <= c; j += 8) a0 += exp8(load8(row + j));
+    float sum = hsum8(a0 + a1);
+    for (; j < c; ++j) sum += exp_nonpositive(row[j]);
+    total += std::log(sum);
+  }
+  return total;
+}
+
+// The per-sample passes (scalar templates: the double path; float: see below).
+template <typename scalar_t>
+struct RowKernels {
+  void (*gather)(const scalar_t*, int64_t, int64_t, int64_t, const int64_t*, int64_t, scalar_t*, scalar_t*) =
+      &gather_normalized<scalar_t>;
+  void (*scatter)(const scalar_t*, const scalar_t*, const scalar_t*, int64_t, int64_t, int64_t, int64_t,
+                  const int64_t*, scalar_t*) = &scatter_normalize_backward<scalar_t>;
+  scalar_t (*shift)(scalar_t*, const scalar_t*, const scalar_t*, int64_t, int64_t, scalar_t, scalar_t, bool*) =
+      &shift_rows<scalar_t>;
+  scalar_t (*softmax)(scalar_t*, int64_t) = &softmax_rows<scalar_t>;
+  scalar_t (*log_sum_exp)(const scalar_t*, int64_t) = &log_sum_exp_rows<scalar_t>;
+};
+
+template <typename scalar_t>
+RowKernels<scalar_t> row_kernels() {
+  return {};
+}
+
+// Float: the vector passes, compiled for the baseline ISA and, picked at run time when the
+// CPU has them, for AVX2 + FMA.
+#define MIM_FAST_FLOAT_PASSES(SUFFIX, ATTR)                                                                   \
+  ATTR void gather_##SUFFIX(const float* x, int64_t N, int64_t D, int64_t b, const int64_t* rows, int64_t c, \
+                            float* out, float* inv_norm) {                                                    \
+    gather_f32(x, N, D, b, rows, c, out, inv_norm);                                                           \
+  }                                                                                                           \
+  ATTR void scatter_##SUFFIX(const float* y, const float* dy, const float* inv_norm, int64_t c, int64_t D,   \
+                             int64_t N, int64_t b, const int64_t* rows, float* grad) {                        \
+    scatter_f32(y, dy, inv_norm, c, D, N, b, rows, grad);                                                     \
+  }                                                                                                           \
+  ATTR float shift_##SUFFIX(float* out, const float* scores, const float* same, int64_t c, int64_t ld,       \
+                            float tau, float thr, bool* skip) {                                               \
+    return shift_f32(out, scores, same, c, ld, tau, thr, skip);                                               \
+  }                                                                                                           \
+  ATTR float softmax_##SUFFIX(float* out, int64_t c) { return softmax_f32(out, c); }                         \
+  ATTR float log_sum_exp_##SUFFIX(const float* rows, int64_t c) { return log_sum_exp_f32(rows, c); }
+
+#define MIM_FAST_SET_FLOAT_PASSES(k, SUFFIX) \
+  k.gather = &gather_##SUFFIX;                \
+  k.scatter = &scatter_##SUFFIX;              \
+  k.shift = &shift_##SUFFIX;                  \
+  k.softmax = &softmax_##SUFFIX;              \
+  k.log_sum_exp = &log_sum_exp_##SUFFIX;
+
+MIM_FAST_FLOAT_PASSES(baseline, )
+#if defined(__GNUC__) && defined(__x86_64__)
+MIM_FAST_FLOAT_PASSES(avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+template <>
+RowKernels<float> row_kernels<float>() {
+  RowKernels<float> k;
+  MIM_FAST_SET_FLOAT_PASSES(k, baseline)
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2) {
+    MIM_FAST_SET_FLOAT_PASSES(k, avx2)
+  }
+#endif
+  return k;
+}
+
+}  // namespace
+}  // namespace mim_fast

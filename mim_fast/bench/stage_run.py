@@ -9,13 +9,14 @@ import torch
 
 from .. import __version__
 from .stage import SHAPES, build_case, gemm_rate, geometric_mean, peak_memory_bytes
-from .timing import median_seconds
+from .timing import interleaved_medians
 
 
 def measure_case(patch, hw_p, time_steps, batch_size, *, paths, repeats, memory, rate) -> dict:
-    """Median seconds of each path (timed one after the other), ratios, FLOP rate, peak memory."""
+    """Median seconds of each path (timed round-robin, so machine noise hits all paths alike),
+    ratios, FLOP rate, peak memory."""
     case = build_case(patch, hw_p, time_steps, batch_size)
-    medians = {name: median_seconds(case.paths[name], repeats=repeats, warmup=2) for name in paths}
+    medians = interleaved_medians({name: case.paths[name] for name in paths}, repeats=repeats, warmup=2)
     row = {
         "shape": {"patch": patch, "hw_p": hw_p, "T": time_steps, "B": batch_size, "D": 768},
         "tokens": {"online": case.online_tokens, "target": case.target_tokens, "total": case.total_tokens},

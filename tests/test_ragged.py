@@ -66,6 +66,15 @@ def test_queries_without_keys_get_zero_attention():
     assert torch.isfinite(attended).all()
 
 
+def test_batches_without_any_query_row():
+    block = Block(8, 2, 2.0, cross_attn=True)
+    rows, context_rows = Ragged.of(_prefix_mask([0, 0], 3)), Ragged.of(_prefix_mask([2, 4], 4))
+    context = torch.randn(2, 4, 8)
+    out = block(torch.zeros(0, 8), context=context_rows.pack(context), rows=rows, context_rows=context_rows)
+    assert out.shape == (0, 8)
+    assert rows.unpack(out).shape == (2, 3, 8)
+
+
 def test_drop_path_draws_per_sample_as_the_padded_layout():
     block = Block(8, 2, 2.0, drop_path=0.5).train()
     mask = _prefix_mask([3, 1, 3, 2], 3)

@@ -82,6 +82,8 @@ class Attention(nn.Module):
             vh = vg.view(g.count, g.keys, self.num_heads, self.head_dim).transpose(1, 2)
             out = F.scaled_dot_product_attention(qh, kh, vh)
             parts.append(out.transpose(1, 2).reshape(g.count * g.queries, -1))
+        if not parts:  # no sample has a query row
+            return self.proj(q)
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
         if grouped.q_restore is not None:
             out = out.index_select(0, grouped.q_restore)

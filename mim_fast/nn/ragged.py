@@ -102,10 +102,11 @@ class Ragged:
             groups.append(AttentionGroup(len(samples), nq, nk, q_start, k_start))
             q_start += len(samples) * nq
             k_start += len(samples) * nk
-            q_rows += [range(self.offsets[b], self.offsets[b] + nq) for b in samples]
-            k_rows += [range(keys.offsets[b], keys.offsets[b] + nk) for b in samples]
-        q_order = torch.tensor([r for rows in q_rows for r in rows], dtype=torch.long)
-        k_order = torch.tensor([r for rows in k_rows for r in rows], dtype=torch.long)
+            q_rows += [torch.arange(self.offsets[b], self.offsets[b] + nq) for b in samples]
+            k_rows += [torch.arange(keys.offsets[b], keys.offsets[b] + nk) for b in samples]
+        empty = torch.zeros(0, dtype=torch.long)
+        q_order = torch.cat(q_rows) if q_rows else empty
+        k_order = torch.cat(k_rows) if k_rows else empty
         q_identity = torch.equal(q_order, torch.arange(self.offsets[-1]))
         k_identity = torch.equal(k_order, torch.arange(keys.offsets[-1]))
         restore = None

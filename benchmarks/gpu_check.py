@@ -204,7 +204,8 @@ def run_training(device: str, steps: int, size: str, batch: int) -> dict:
             results[backend] = {"error": repr(err)[:500]}
             continue
         with open(os.path.join(work, "timing.jsonl")) as f:
-            timing = [json.loads(line) for line in f][3:]  # skip warm-up steps
+            timing = [json.loads(line) for line in f]
+        timing = timing[3:] if len(timing) > 3 else timing  # skip warm-up steps when there are enough
         with open(os.path.join(work, "metrics.jsonl")) as f:
             losses = [json.loads(line)["loss"] for line in f]
         step_times = sorted(t["step_time_s"] for t in timing)
@@ -214,7 +215,7 @@ def run_training(device: str, steps: int, size: str, batch: int) -> dict:
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
         }
-    if "median_step_s" in results.get("default", {}) and "median_step_s" in results.get("reference", {}):
+    if results.get("default", {}).get("median_step_s") and results.get("reference", {}).get("median_step_s"):
         results["speedup_vs_reference_backends"] = results["reference"]["median_step_s"] / results["default"]["median_step_s"]
     print(json.dumps(results), flush=True)
     return results

@@ -113,12 +113,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::
     scalar_t* contrib_p = contributes.data_ptr<scalar_t>();
     scalar_t* probs_p = probs.data_ptr<scalar_t>();
     const scalar_t tau_s = static_cast<scalar_t>(tau), thr = static_cast<scalar_t>(threshold);
+    TORCH_CHECK_VALUE(tau_s > 0, "tau: ", tau, " is not a positive number in ", pred.scalar_type());
     const RowKernels<scalar_t> kern = row_kernels<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       // One GEMM per sample: [p; t] [c (or 2c), D] x t^T gives the scores and, for masked
       // negatives, the target similarities (the two products share their right operand).
       // The t block and the columns are padded to a multiple of 8 rows (BLAS kernels are
-      // markedly faster on such sizes); padding rows hold stale finite values whose output
+      // markedly faster on such sizes); padding rows hold stale values whose output
       // entries are never read.
       const int64_t C = round_up(lay.max_rows, kGemmPad);
       at::Tensor stacked = at::zeros({2 * C, D}, pred.options());

@@ -1,5 +1,9 @@
 """The fused patch discrimination kernel (cpu_patch_disc) against a per-sample loop."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -204,3 +208,44 @@ def test_loss_module_fused_equals_vectorised(loss_type):
     torch.testing.assert_close(fused, vectorised, atol=1e-6, rtol=1e-5)
     for a, b in zip(fused_g, vectorised_g):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_baseline_isa_kernels_match_the_loop():
+    """The float passes compiled for the baseline ISA (this test's machine may pick the AVX2
+    copy): forced with MIM_FAST_CPU_BASELINE=1 in a fresh process."""
+    script = (
+        "import sys, torch; sys.path.insert(0, 'tests');"
+        "from test_patch_disc import _case, loop_terms;"
+        "from mim_fast.ops.patch_disc import patch_disc_terms;"
+        "p, t, k = _case(5, 40, 19, duplicates=30, uniform_sample=2); p.requires_grad_(True);"
+        "terms = patch_disc_terms(p, t, k, 0.1, 0.999, True); want, want_c = loop_terms(p, t, k, masked=True);"
+        "assert torch.equal(terms.contributes, want_c);"
+        "torch.testing.assert_close(terms.per_sample, want, atol=1e-6, rtol=1e-5);"
+        "g = torch.autograd.grad(terms.per_sample.sum(), p)[0]; w = torch.autograd.grad(want.sum(), p)[0];"
+        "torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4); print('ok')"
+    )
+    env = dict(os.environ, MIM_FAST_CPU_BASELINE="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_nan_inputs_propagate():
+    pred, target, keep = _case(2, 6, 4)
+    keep[:] = True
+    pred[0, 1, 0] = float("nan")
+    _, per_sample, _ = patch_disc_terms(pred, target, keep, 0.1, 0.999, False)
+    assert torch.isnan(per_sample[0]) and torch.isfinite(per_sample[1])
+
+
+def test_loss_under_cpu_autocast_uses_the_vectorised_composition():
+    g = torch.Generator().manual_seed(5)
+    pred = {"worldcover": torch.randn(3, 4, 4, 1, 1, 16, generator=g)}
+    target = {"worldcover": torch.randn(3, 4, 4, 1, 1, 16, generator=g)}
+    mask = {"worldcover_mask": torch.full((3, 4, 4, 1, 1), 2)}
+    loss = losses.build({"type": "modality_patch_discrimination_masked_negatives"})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused_backend = loss.compute({**pred, **mask}, {**target, **mask})
+        with mim_fast.use_backend("reference"):
+            vectorised = loss.compute({**pred, **mask}, {**target, **mask})
+    assert torch.equal(fused_backend, vectorised)

@@ -68,8 +68,10 @@ def _selected_term(pred, target, keep, bound, tau, threshold, mask_negatives, ca
 
     ``fused``: one kernel on exactly-sized per-sample blocks (CPU with the compiled
     extension); otherwise pack the selected tokens (``bound`` rows per sample) and use the
-    vectorised composition.
+    vectorised composition. Under CPU autocast the vectorised composition runs, so the
+    value follows autocast's dtypes as before (the training loss disables autocast).
     """
+    fused = fused and not torch.is_autocast_enabled("cpu")
     if fused and (cast_fp32 or pred.dtype in (torch.float32, torch.float64)):
         if cast_fp32:
             pred, target = pred.float(), target.float()

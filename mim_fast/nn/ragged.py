@@ -56,11 +56,12 @@ class Ragged:
         self.shape = tuple(mask.shape)
         self.lengths = lengths
         self.positions = mask.flatten().nonzero().squeeze(1)
-        counts = torch.tensor(lengths, device=mask.device)
+        counts = torch.tensor(lengths, dtype=torch.long, device=mask.device)
         self.sample = torch.repeat_interleave(torch.arange(len(lengths), device=mask.device), counts)
         self.offsets = [0]
         for n in lengths:
             self.offsets.append(self.offsets[-1] + n)
+        self._self_grouped: GroupedRows | None = None  # self-attention (kept apart: no reference cycle)
         self._grouped: dict[int, tuple["Ragged", GroupedRows]] = {}
 
     @staticmethod
@@ -90,6 +91,8 @@ class Ragged:
 
     def grouped_with(self, keys: "Ragged") -> GroupedRows:
         """Samples grouped by (query length, key length), this Ragged holding the queries."""
+        if keys is self and self._self_grouped is not None:
+            return self._self_grouped
         cached = self._grouped.get(id(keys))
         if cached is not None and cached[0] is keys:
             return cached[1]
@@ -114,5 +117,8 @@ class Ragged:
             restore = torch.empty_like(q_order)
             restore[q_order] = torch.arange(q_order.numel())
         grouped = GroupedRows(tuple(groups), None if q_identity else q_order, None if k_identity else k_order, restore)
-        self._grouped[id(keys)] = (keys, grouped)
+        if keys is self:
+            self._self_grouped = grouped
+        else:
+            self._grouped[id(keys)] = (keys, grouped)
         return grouped

@@ -57,7 +57,8 @@ def patch_disc_terms(
 
     Returns:
         :class:`PatchDiscTerms` ``(mean, per_sample, contributes)``; ``mean`` and
-        ``per_sample`` carry gradients to ``pred`` and ``target``.
+        ``per_sample`` carry gradients to ``pred`` and ``target`` (first order only: the
+        backward kernel is not itself differentiable).
     """
     save = torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad)
     mean, per_sample, contributes, _ = _ops.cpu_patch_disc(

@@ -210,11 +210,12 @@ def test_loss_module_fused_equals_vectorised(loss_type):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
-def test_baseline_isa_kernels_match_the_loop():
+def test_baseline_isa_kernels_match_the_loop(tmp_path):
     """The float passes compiled for the baseline ISA (this test's machine may pick the AVX2
     copy): forced with MIM_FAST_CPU_BASELINE=1 in a fresh process."""
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
     script = (
-        "import sys, torch; sys.path.insert(0, 'tests');"
+        f"import sys, torch; sys.path.insert(0, {tests_dir!r});"
         "from test_patch_disc import _case, loop_terms;"
         "from mim_fast.ops.patch_disc import patch_disc_terms;"
         "p, t, k = _case(5, 40, 19, duplicates=30, uniform_sample=2); p.requires_grad_(True);"
@@ -225,8 +226,9 @@ def test_baseline_isa_kernels_match_the_loop():
         "torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4); print('ok')"
     )
     env = dict(os.environ, MIM_FAST_CPU_BASELINE="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    # Run outside the source tree: the installed package (with its compiled extension) is imported.
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 

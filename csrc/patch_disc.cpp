@@ -120,10 +120,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::
       // negatives, the target similarities (the two products share their right operand).
       // The t block and the columns are padded to a multiple of 8 rows (BLAS kernels are
       // markedly faster on such sizes); padding rows hold stale values whose output
-      // entries are never read.
+      // entries are never read. The similarities are symmetric: only the first h target
+      // rows go through that GEMM; the last c - h rows get their first h columns mirrored
+      // and the rest from a second, small GEMM (1/8 fewer flops for the masked modalities).
       const int64_t C = round_up(lay.max_rows, kGemmPad);
       at::Tensor stacked = at::zeros({2 * C, D}, pred.options());
       at::Tensor gram_buf = at::empty({2 * C * C}, pred.options());
+      at::Tensor lower_buf = mask_negatives ? at::empty({C * C}, pred.options()) : at::Tensor();
       at::Tensor scratch = save_probs ? at::Tensor() : at::empty({C * C}, pred.options());
       std::vector<scalar_t> inv(C);
       for (int64_t b = b0; b < b1; ++b) {
@@ -131,15 +134,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::
         if (c == 0) continue;
         const int64_t* rows = lay.rows.data() + lay.row_offset[b];
         const bool masked = mask_negatives && c > 1;
-        const int64_t ld = round_up(c, kGemmPad), m = masked ? ld + c : c;
+        // h: a multiple of 8 (so h + round_up(c - h, 8) == ld) and at least half of c.
+        const int64_t ld = round_up(c, kGemmPad), h = masked ? std::min(c, round_up((c + 1) / 2, kGemmPad)) : 0;
         scalar_t* p_rows = stacked.data_ptr<scalar_t>();
         kern.gather(pp, N, D, b, rows, c, p_rows, inv.data());
         kern.gather(tp, N, D, b, rows, c, p_rows + ld * D, inv.data());
         const at::Tensor t = stacked.narrow(0, ld, ld);
+        const int64_t m = masked ? ld + h : c;
         at::Tensor gram = gram_buf.narrow(0, 0, m * ld).view({m, ld});
-        at::mm_out(gram, masked ? stacked.narrow(0, 0, m) : stacked.narrow(0, 0, c), t.t());
+        at::mm_out(gram, stacked.narrow(0, 0, m), t.t());
+        scalar_t* sim = gram_buf.data_ptr<scalar_t>() + ld * ld;  // row i at sim + i * ld
+        if (masked && h < c) {
+          const int64_t rest = c - h, lb = ld - h;
+          at::Tensor lower = lower_buf.narrow(0, 0, rest * lb).view({rest, lb});
+          at::mm_out(lower, stacked.narrow(0, ld + h, rest), stacked.narrow(0, ld + h, lb).t());
+          const scalar_t* low = lower_buf.data_ptr<scalar_t>();
+          for (int64_t i = h; i < c; ++i) {
+            scalar_t* row = sim + i * ld;
+            for (int64_t j = 0; j < h; ++j) row[j] = sim[j * ld + i];
+            std::memcpy(row + h, low + (i - h) * lb, static_cast<size_t>(rest) * sizeof(scalar_t));
+          }
+        }
         const scalar_t* scores = gram_buf.data_ptr<scalar_t>();
-        const scalar_t* same = scores + ld * ld;
+        const scalar_t* same = sim;
         scalar_t* out = save_probs ? probs_p + lay.prob_offset[b] : scratch.data_ptr<scalar_t>();
         // Row softmax of scores / tau with removed negatives at -inf; the shift by the row
         // max is finite because the diagonal always stays.

@@ -38,7 +38,7 @@ def _extension_modules():
     # -fno-trapping-math / -fno-math-errno (as torch itself is built): FP exception flags and
     # errno are never read, and without them GCC will not vectorise loops with float selects.
     cxx_flags = ["-O3", "-g0", "-fopenmp", "-std=c++17", "-fno-trapping-math", "-fno-math-errno"]
-    link_flags = ["-fopenmp"]
+    link_flags = ["-fopenmp", "-ldl"]  # -ldl: dlsym (in libc itself since glibc 2.34)
     if with_cuda:
         ext = CUDAExtension(
             "mim_fast._C",

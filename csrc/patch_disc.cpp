@@ -25,7 +25,8 @@
 //   dx = (dy - y (y . dy)) / |x| (dy / eps when |x| <= eps).
 //
 // Work is split over samples: every sample's blocks are exactly c_b x c_b (no padding
-// to the longest sample), and the per-block GEMMs run on the BLAS the ATen build uses.
+// to the longest sample), and the per-block GEMMs call the BLAS behind ATen directly
+// (gemm_abt in patch_disc_rows.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -139,15 +140,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_disc(const at::
         scalar_t* p_rows = stacked.data_ptr<scalar_t>();
         kern.gather(pp, N, D, b, rows, c, p_rows, inv.data());
         kern.gather(tp, N, D, b, rows, c, p_rows + ld * D, inv.data());
-        const at::Tensor t = stacked.narrow(0, ld, ld);
         const int64_t m = masked ? ld + h : c;
-        at::Tensor gram = gram_buf.narrow(0, 0, m * ld).view({m, ld});
-        at::mm_out(gram, stacked.narrow(0, 0, m), t.t());
+        gemm_abt<scalar_t>(stacked, stacked, gram_buf, 0, m, ld, ld, ld);
         scalar_t* sim = gram_buf.data_ptr<scalar_t>() + ld * ld;  // row i at sim + i * ld
         if (masked && h < c) {
           const int64_t rest = c - h, lb = ld - h;
-          at::Tensor lower = lower_buf.narrow(0, 0, rest * lb).view({rest, lb});
-          at::mm_out(lower, stacked.narrow(0, ld + h, rest), stacked.narrow(0, ld + h, lb).t());
+          gemm_abt<scalar_t>(stacked, stacked, lower_buf, ld + h, rest, ld + h, lb, lb);
           const scalar_t* low = lower_buf.data_ptr<scalar_t>();
           for (int64_t i = h; i < c; ++i) {
             scalar_t* row = sim + i * ld;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
@@ -466,6 +467,67 @@ RowKernels<float> row_kernels<float>() {
   }
 #endif
   return k;
+}
+
+// C [m, n] = A [m, k] B [n, k]^T, all row-major with leading dimensions lda / ldb / ldc.
+//
+// Goes straight to the BLAS behind ATen (its Fortran sgemm_, looked up at run time) when
+// that is present and gives a correct answer on a small check: these GEMMs are ~100 x 128
+// x 100, small enough that ATen's per-call tensor bookkeeping (views, checks, dispatch) is
+// a measurable share. Falls back to at::mm_out otherwise, and for double.
+// MIM_FAST_CPU_BASELINE=1 forces the fallback (the tests cover both).
+using FortranSgemm = void (*)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*, const float*,
+                              const float*, const int64_t*, const float*, const int64_t*, const float*, float*,
+                              const int64_t*);
+
+// Integer arguments are passed as pointers to int64: an LP64 BLAS reads the low 32 bits
+// (little-endian: the same value), an ILP64 one the whole word.
+inline void call_sgemm(FortranSgemm fn, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                       int64_t ldb, float* c, int64_t ldc) {
+  // Row-major C = A B^T is column-major C^T = B A^T.
+  const float one = 1.0f, zero = 0.0f;
+  fn("T", "N", &n, &m, &k, &one, b, &ldb, a, &lda, &zero, c, &ldc);
+}
+
+inline FortranSgemm direct_sgemm() {
+  static const FortranSgemm fn = []() -> FortranSgemm {
+    const char* env = std::getenv("MIM_FAST_CPU_BASELINE");
+    if (env != nullptr && std::string(env) == "1") return nullptr;
+    auto found = reinterpret_cast<FortranSgemm>(dlsym(RTLD_DEFAULT, "sgemm_"));
+    if (found == nullptr) return nullptr;
+    // A [3, 2] x B [2, 2]^T, row-major, padded leading dimensions.
+    const float a[3 * 3] = {1, 2, -1, 3, 4, -1, 5, 6, -1};
+    const float b[2 * 3] = {1, 0, -1, 1, 1, -1};
+    float c[3 * 4] = {};
+    call_sgemm(found, 3, 2, 2, a, 3, b, 3, c, 4);
+    const float want[3 * 4] = {1, 3, 0, 0, 3, 7, 0, 0, 5, 11, 0, 0};
+    for (int i = 0; i < 12; ++i)
+      if (c[i] != want[i]) return nullptr;
+    return found;
+  }();
+  return fn;
+}
+
+// Rows [a_row, a_row + m) of a_buf [*, k] times rows [b_row, b_row + n) of b_buf [*, k],
+// transposed, into the flat c_buf as an [m, ld_c] row-major block.
+template <typename scalar_t>
+void gemm_abt(const at::Tensor& a_buf, const at::Tensor& b_buf, at::Tensor& c_buf, int64_t a_row, int64_t m,
+              int64_t b_row, int64_t n, int64_t ld_c) {
+  at::Tensor c = c_buf.narrow(0, 0, m * ld_c).view({m, ld_c}).narrow(1, 0, n);
+  at::mm_out(c, a_buf.narrow(0, a_row, m), b_buf.narrow(0, b_row, n).t());
+}
+
+template <>
+inline void gemm_abt<float>(const at::Tensor& a_buf, const at::Tensor& b_buf, at::Tensor& c_buf, int64_t a_row,
+                            int64_t m, int64_t b_row, int64_t n, int64_t ld_c) {
+  const int64_t k = a_buf.size(1);
+  if (FortranSgemm fn = direct_sgemm()) {
+    call_sgemm(fn, m, n, k, a_buf.data_ptr<float>() + a_row * k, k, b_buf.data_ptr<float>() + b_row * k, k,
+               c_buf.data_ptr<float>(), ld_c);
+    return;
+  }
+  at::Tensor c = c_buf.narrow(0, 0, m * ld_c).view({m, ld_c}).narrow(1, 0, n);
+  at::mm_out(c, a_buf.narrow(0, a_row, m), b_buf.narrow(0, b_row, n).t());
 }
 
 }  // namespace

@@ -212,7 +212,8 @@ def test_loss_module_fused_equals_vectorised(loss_type):
 
 def test_baseline_isa_kernels_match_the_loop(tmp_path):
     """The float passes compiled for the baseline ISA (this test's machine may pick the AVX2
-    copy): forced with MIM_FAST_CPU_BASELINE=1 in a fresh process."""
+    copy) and the GEMMs through ATen instead of the BLAS directly: forced with
+    MIM_FAST_CPU_BASELINE=1 in a fresh process."""
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     script = (
         f"import sys, torch; sys.path.insert(0, {tests_dir!r});"

@@ -23,51 +23,22 @@ namespace {
 
 constexpr double kNormEps = 1e-12;  // F.normalize's default eps
 
-// Reductions with independent partial accumulators: a single running sum or max is a
-// serial dependency chain the compiler may not reorder (IEEE), which made these loops,
-// not the GEMMs, the bottleneck; fixed lanes let it vectorise them.
-constexpr int kLanes = 16;
-
 // Inlined into each ISA's copy of the row passes (see RowKernels).
 #define MIM_FAST_INLINE __attribute__((always_inline)) inline
 
-// The lanes folded pairwise (4 dependent steps instead of 16: rows are short, so the
-// horizontal reduction is a large part of each row's latency).
+// The scalar templates below are the float64 path (tests, gradcheck); float runs the
+// 8-wide vector versions further down, so these stay plain loops.
 template <typename scalar_t>
-MIM_FAST_INLINE scalar_t fold_sum(scalar_t* acc) {
-  for (int w = kLanes / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-  return acc[0];
-}
-
-template <typename scalar_t>
-MIM_FAST_INLINE scalar_t fold_max(scalar_t* acc) {
-  for (int w = kLanes / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] = acc[l] < acc[l + w] ? acc[l + w] : acc[l];
-  return acc[0];
-}
-
-template <typename scalar_t>
-MIM_FAST_INLINE scalar_t lane_dot(const scalar_t* x, const scalar_t* y, int64_t n) {
-  scalar_t acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += x[j + l] * y[j + l];
-  scalar_t total = fold_sum(acc);
-  for (; j < n; ++j) total += x[j] * y[j];
+MIM_FAST_INLINE scalar_t row_dot(const scalar_t* x, const scalar_t* y, int64_t n) {
+  scalar_t total = 0;
+  for (int64_t j = 0; j < n; ++j) total += x[j] * y[j];
   return total;
 }
 
 template <typename scalar_t>
-MIM_FAST_INLINE scalar_t lane_max(const scalar_t* x, int64_t n) {
-  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
-  scalar_t acc[kLanes];
-  for (int l = 0; l < kLanes; ++l) acc[l] = lowest;
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] = acc[l] < x[j + l] ? x[j + l] : acc[l];
-  scalar_t m = fold_max(acc);
-  for (; j < n; ++j) m = m < x[j] ? x[j] : m;
+MIM_FAST_INLINE scalar_t row_max(const scalar_t* x, int64_t n) {
+  scalar_t m = -std::numeric_limits<scalar_t>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = m < x[j] ? x[j] : m;
   return m;
 }
 
@@ -85,7 +56,7 @@ MIM_FAST_INLINE void gather_normalized(const scalar_t* x, int64_t N, int64_t D, 
       for (int64_t d = 0; d < D; d += line) __builtin_prefetch(next + d);
     }
     const scalar_t* src = x + (b * N + rows[i]) * D;
-    const scalar_t inv = scalar_t(1) / std::max(std::sqrt(lane_dot(src, src, D)), scalar_t(kNormEps));
+    const scalar_t inv = scalar_t(1) / std::max(std::sqrt(row_dot(src, src, D)), scalar_t(kNormEps));
     inv_norm[i] = inv;
     scalar_t* dst = out + i * D;
     for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * inv;
@@ -105,7 +76,7 @@ MIM_FAST_INLINE void scatter_normalize_backward(const scalar_t* y, const scalar_
       for (int64_t d = 0; d < D; ++d) out[d] = gi[d] * eps_inv;
       continue;
     }
-    const scalar_t dot = lane_dot(yi, gi, D);
+    const scalar_t dot = row_dot(yi, gi, D);
     for (int64_t d = 0; d < D; ++d) out[d] = (gi[d] - yi[d] * dot) * inv_norm[i];
   }
 }
@@ -138,7 +109,7 @@ MIM_FAST_INLINE scalar_t shift_rows(scalar_t* out, const scalar_t* scores, const
       }
       row[i] = positive;
     }
-    const scalar_t m = lane_max(row, c);
+    const scalar_t m = row_max(row, c);
     for (int64_t j = 0; j < c; ++j) row[j] -= m;
     total += m - positive;
   }
@@ -176,15 +147,8 @@ MIM_FAST_INLINE scalar_t softmax_rows(scalar_t* out, int64_t c) {
   scalar_t total = 0;
   for (int64_t i = 0; i < c; ++i) {
     scalar_t* row = out + i * c;
-    scalar_t acc[kLanes] = {};
-    int64_t j = 0;
-    for (; j + kLanes <= c; j += kLanes)
-      for (int l = 0; l < kLanes; ++l) {
-        row[j + l] = exp_nonpositive(row[j + l]);
-        acc[l] += row[j + l];
-      }
-    scalar_t sum = fold_sum(acc);
-    for (; j < c; ++j) {
+    scalar_t sum = 0;
+    for (int64_t j = 0; j < c; ++j) {
       row[j] = exp_nonpositive(row[j]);
       sum += row[j];
     }
@@ -202,12 +166,8 @@ MIM_FAST_INLINE scalar_t log_sum_exp_rows(const scalar_t* rows, int64_t c) {
   scalar_t total = 0;
   for (int64_t i = 0; i < c; ++i) {
     const scalar_t* row = rows + i * c;
-    scalar_t acc[kLanes] = {};
-    int64_t j = 0;
-    for (; j + kLanes <= c; j += kLanes)
-      for (int l = 0; l < kLanes; ++l) acc[l] += exp_nonpositive(row[j + l]);
-    scalar_t sum = fold_sum(acc);
-    for (; j < c; ++j) sum += exp_nonpositive(row[j]);
+    scalar_t sum = 0;
+    for (int64_t j = 0; j < c; ++j) sum += exp_nonpositive(row[j]);
     total += std::log(sum);
   }
   return total;

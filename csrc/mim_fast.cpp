@@ -39,6 +39,18 @@ TORCH_LIBRARY(mim_fast, m) {
   m.def(
       "cpu_token_patches_backward(Tensor grad_patches, int[] x_shape, Tensor? keep, Tensor work, Tensor tables, "
       "int patch_size) -> Tensor");
+  // token_layout.cpp
+  m.def(
+      "cpu_token_layout(Tensor chosen, int max_len, int[] offsets, int[] strides, int[] grids, Tensor[] row_classes, "
+      "Tensor[] col_classes, int[] split) -> (Tensor, Tensor, Tensor, Tensor[])");
+  // tokenize_rows.cpp
+  m.def(
+      "cpu_tokenize_rows(Tensor[] xs, Tensor[] weights, Tensor[] biases, Tensor[] keeps, Tensor[] works, "
+      "Tensor[] tables, int[] patch_sizes, int num_rows, bool save_patches) -> (Tensor, Tensor[])");
+  m.def(
+      "cpu_tokenize_rows_backward(Tensor grad, Tensor[] xs, Tensor[] weights, Tensor[] keeps, Tensor[] works, "
+      "Tensor[] tables, int[] patch_sizes, Tensor[] saved, bool[] need_x, bool[] need_weight, bool[] need_bias) "
+      "-> Tensor[]");
   // patch_disc.cpp
   m.def(
       "cpu_patch_disc(Tensor pred, Tensor target, Tensor keep, float tau, float threshold, bool mask_negatives, "

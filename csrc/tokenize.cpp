@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "tokenize.h"
 
 namespace mim_fast {
 namespace {
@@ -272,8 +273,16 @@ void scatter_rows(const scalar_t* grad, const bool* keep, const int64_t* work, c
     run(0, n_seg);  // rows of one sample are split up: accumulate serially
 }
 
+}  // namespace
+
 at::Tensor token_patches(const at::Tensor& x_in, const std::optional<at::Tensor>& keep_in, const at::Tensor& work_in,
                          const at::Tensor& tables_in, int64_t p) {
+  return token_patches_out(x_in, keep_in, work_in, tables_in, p, std::nullopt);
+}
+
+at::Tensor token_patches_out(const at::Tensor& x_in, const std::optional<at::Tensor>& keep_in,
+                             const at::Tensor& work_in, const at::Tensor& tables_in, int64_t p,
+                             const std::optional<at::Tensor>& out_in) {
   checks::cpu(x_in, "x");
   checks::floating(x_in, "x");
   checks::rank(x_in, 5, "x", "[B, H, W, T, C]");
@@ -285,7 +294,12 @@ at::Tensor token_patches(const at::Tensor& x_in, const std::optional<at::Tensor>
   at::Tensor keep;
   if (keep_in.has_value()) keep = keep_in->contiguous();
   const bool* kp = keep.defined() ? keep.data_ptr<bool>() : nullptr;
-  at::Tensor out = at::empty({g.R, g.K}, x.options());
+  at::Tensor out = out_in.has_value() ? *out_in : at::empty({g.R, g.K}, x.options());
+  if (out_in.has_value()) {
+    TORCH_CHECK_VALUE(out.is_contiguous() && out.sizes() == at::IntArrayRef({g.R, g.K}) &&
+                          out.scalar_type() == x.scalar_type(),
+                      "out: expected a contiguous [", g.R, ", ", g.K, "] tensor of dtype ", x.scalar_type());
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "cpu_token_patches", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     build_rows<scalar_t, acc_t>(x.data_ptr<scalar_t>(), kp, work.data_ptr<int64_t>(), tables.data_ptr<acc_t>(),
@@ -316,8 +330,6 @@ at::Tensor token_patches_backward(const at::Tensor& grad_in, at::IntArrayRef x_s
   });
   return acc.scalar_type() == grad.scalar_type() ? acc : acc.to(grad.scalar_type());
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(mim_fast, CPU, m) {
   m.impl("cpu_token_patches", &token_patches);

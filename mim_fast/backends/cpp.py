@@ -41,6 +41,19 @@ def token_patches_backward(grad_patches, x_shape, keep, work, tables, patch):
     return _ops.cpu_token_patches_backward(grad_patches, list(x_shape), keep, work, tables, patch)
 
 
+def tokenize_rows(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches):
+    out, saved = _ops.cpu_tokenize_rows(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches)
+    return out, list(saved)
+
+
+def tokenize_rows_backward(grad, xs, weights, keeps, works, tables, patch_sizes, saved, need_x, need_weight, need_bias):
+    return list(
+        _ops.cpu_tokenize_rows_backward(
+            grad, xs, weights, keeps, works, tables, patch_sizes, saved, need_x, need_weight, need_bias
+        )
+    )
+
+
 def _register_fakes() -> None:
     """Shape-only (fake) kernels so the C++ ops also trace under FakeTensor and opcheck."""
 
@@ -84,6 +97,30 @@ def _register_fakes() -> None:
     @torch.library.register_fake("mim_fast::cpu_token_patches_backward")
     def _(grad_patches, x_shape, keep, work, tables, patch_size):
         return grad_patches.new_empty(x_shape)
+
+    @torch.library.register_fake("mim_fast::cpu_token_layout")
+    def _(chosen, max_len, offsets, strides, grids, row_classes, col_classes, split):
+        ctx = torch.library.get_ctx()
+        batch, n = chosen.shape
+        length = max_len if max_len >= 0 else ctx.new_dynamic_size()
+        works = [chosen.new_empty((ctx.new_dynamic_size(), 7), dtype=torch.int64) for _ in range(2 * len(offsets))]
+        long = dict(dtype=torch.int64)
+        return chosen.new_empty((batch, n), **long), chosen.new_empty((batch,), **long), chosen.new_empty((batch, length)), works
+
+    @torch.library.register_fake("mim_fast::cpu_tokenize_rows")
+    def _(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches):
+        saved = [
+            x.new_empty((w.shape[0], t.shape[2] * t.shape[2] * x.shape[-1])) if save_patches else x.new_empty(0)
+            for x, w, t in zip(xs, works, tables)
+        ]
+        return xs[0].new_empty((num_rows, weights[0].shape[0])), saved
+
+    @torch.library.register_fake("mim_fast::cpu_tokenize_rows_backward")
+    def _(grad, xs, weights, keeps, works, tables, patch_sizes, saved, need_x, need_weight, need_bias):
+        grad_xs = [torch.empty_like(x, memory_format=torch.contiguous_format) if n else x.new_empty(0) for x, n in zip(xs, need_x)]
+        grad_ws = [torch.empty_like(w, memory_format=torch.contiguous_format) if n else w.new_empty(0) for w, n in zip(weights, need_weight)]
+        grad_bs = [w.new_empty(w.shape[0]) if n else w.new_empty(0) for w, n in zip(weights, need_bias)]
+        return grad_xs + grad_ws + grad_bs
 
 
 _register_fakes()

@@ -23,7 +23,7 @@ from .. import backends
 from ..reference.patch_embed import resize_channel_last
 from ..reference.resize import interior_class
 from . import _checks
-from ._token_layout import device_tables, packed_layout, work_rows
+from ._token_layout import cpp_work_lists, device_tables, packed_layout, work_rows
 from .band_dropout import band_dropout_mask
 from .masked_gather import Packed
 from .patch_embed import _validate as _validate_patch_embed
@@ -36,38 +36,67 @@ from .patch_embed import _validate as _validate_patch_embed
 _FOLD_COST_FACTOR = 5
 
 
-def _entry_parts(x, weight, work, table, patch, padded):
-    """Split one entry's work rows into ``(weight, work, tables)`` parts.
+@dataclass
+class _FoldPlan:
+    """Interior tokens of an entry that may be embedded with the resize folded into the weight.
 
-    Normally one part: rows are resized patches projected by ``weight``. When folding
-    pays (see ``_FOLD_COST_FACTOR``), interior tokens form a second part whose rows are raw
-    ``w x w`` input windows (identity tables) projected by the folded weight
-    (:func:`_fold`, differentiable, so autograd unfolds its gradient); border tokens keep
-    the resize. The split reads the work list on the host, so fixed-size (accelerator)
-    work lists never fold.
+    Rows of class ``(row_class, col_class)`` are split off when there are more than
+    ``min_rows`` of them (below that, folding costs more than it saves).
+    """
+
+    row_class: int
+    col_class: int
+    min_rows: int
+    frozen: bool
+    kron_key: tuple
+
+
+def _fold_plan(x, weight, table, patch) -> "_FoldPlan | None":
+    """Whether interior tokens of an entry may use the folded weight (see ``_FOLD_COST_FACTOR``).
+
+    Fixed-size (accelerator) work lists never fold: the split reads the work list on the host.
     """
     base, window = table.shape[2], table.shape[3]
-    if patch == base or window * window >= base * base or padded:
-        return [(weight, work, table)]
+    if patch == base or window * window >= base * base:
+        return None
     row_class = interior_class(patch, base, x.shape[1] // patch)
     col_class = interior_class(patch, base, x.shape[2] // patch)
     if row_class < 0 or col_class < 0:
-        return [(weight, work, table)]
-    inner = (work[:, 5] == row_class) & (work[:, 6] == col_class)
-    n_inner = int(inner.sum())
+        return None
     frozen = not (torch.is_grad_enabled() and weight.requires_grad)
     # A frozen weight (e.g. a target projection) is folded once and cached: folding is free then.
     fold_cost = 0 if frozen else _FOLD_COST_FACTOR * base * base * window * window
-    if n_inner == 0 or n_inner * (base * base - window * window) <= fold_cost:
-        return [(weight, work, table)]
+    key = (patch, base, x.shape[1] // patch, x.shape[2] // patch, row_class, col_class)
+    return _FoldPlan(row_class, col_class, fold_cost // (base * base - window * window), frozen, key)
+
+
+def _split_interior(work, plan):
+    """``(other rows, interior rows with classes zeroed)`` of a work list, or ``(work, None)``."""
+    if plan is None:
+        return work, None
+    inner = (work[:, 5] == plan.row_class) & (work[:, 6] == plan.col_class)
+    if int(inner.sum()) <= plan.min_rows:
+        return work, None
     inner_work = work[inner]
     inner_work[:, 5:] = 0
-    kron_key = (patch, base, x.shape[1] // patch, x.shape[2] // patch, row_class, col_class)
-    kron = _interior_kron(kron_key, table, weight.dtype)
-    folded = _cached_fold(weight, kron, kron_key) if frozen else _fold(weight, kron)
-    parts = [(folded, inner_work, _identity_tables(window, table.dtype, table.device))]
-    if n_inner < work.shape[0]:
-        parts.append((weight, work[~inner], table))
+    return work[~inner], inner_work
+
+
+def _entry_parts(weight, table, plan, work, inner_work):
+    """One entry's ``(weight, work, tables)`` parts.
+
+    Normally one part: rows are resized patches projected by ``weight``. With interior rows
+    split off, they form a part whose rows are raw ``w x w`` input windows (identity
+    tables) projected by the folded weight (:func:`_fold`, differentiable, so autograd
+    unfolds its gradient); the other rows keep the resize.
+    """
+    if inner_work is None or inner_work.shape[0] == 0:
+        return [(weight, work, table)]
+    kron = _interior_kron(plan.kron_key, table, weight.dtype)
+    folded = _cached_fold(weight, kron, plan.kron_key) if plan.frozen else _fold(weight, kron)
+    parts = [(folded, inner_work, _identity_tables(table.shape[3], table.dtype, table.device))]
+    if work.shape[0]:
+        parts.append((weight, work, table))
     return parts
 
 
@@ -172,6 +201,8 @@ def _tokenize_rows_op(
     ``save_patches`` (kept for the weight gradient instead of being rebuilt)."""
     name = backends.select_name(xs[0].device)
     backend, padded = backends.module(name), _is_padded(xs[0].device, name)
+    if name == "cpp" and not padded:
+        return backend.tokenize_rows(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches)
     dim = weights[0].shape[0]
     # Exact work lists cover every real row, so only the padding rows need zeroing.
     out = xs[0].new_zeros((num_rows, dim)) if padded else xs[0].new_empty((num_rows, dim))
@@ -216,9 +247,13 @@ def _tokenize_rows_backward_op(
 ) -> list[torch.Tensor]:
     """Flat list ``[grad_x per entry] + [grad_weight per entry] + [grad_bias per entry]``
     (distinct empty tensors where a gradient was not asked for)."""
-    grad_xs, grad_ws, grad_bs = [], [], []
     name = backends.select_name(grad.device)
     backend, padded = backends.module(name), _is_padded(grad.device, name)
+    if name == "cpp" and not padded:
+        return backend.tokenize_rows_backward(
+            grad, xs, weights, keeps, works, tables, patch_sizes, saved_patches, need_x, need_weight, need_bias
+        )
+    grad_xs, grad_ws, grad_bs = [], [], []
     for e, (x, weight, keep, work, table, patch) in enumerate(zip(xs, weights, keeps, works, tables, patch_sizes)):
         keep = _present(keep)
         picked = _selected_grad(grad, work[:, 4], padded)
@@ -307,24 +342,27 @@ def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int
     if not entries:
         raise ValueError("entries: expected at least one entry to tokenize")
     chosen = codes == select
-    indices, seqlens, mask, row_of = packed_layout(chosen, max_len)
+    name = backends.select_name(codes.device)
+    padded = _is_padded(codes.device, name)
+    prepared = [_prepare_entry(entry) for entry in entries]
+    plans = [None if padded else _fold_plan(x, e.weight, table, p) for e, (x, p, _, _, _, table) in zip(entries, prepared)]
+    if name == "cpp" and not padded:
+        # One call builds the layout and every work list (and the interior splits).
+        indices, seqlens, mask, lists = cpp_work_lists(chosen, max_len, entries, prepared, plans)
+    else:
+        indices, seqlens, mask, row_of = packed_layout(chosen, max_len)
+        lists = []
+        for entry, (_, _, grid, row_class, col_class, _) in zip(entries, prepared):
+            n_tokens = grid[0] * grid[1] * grid[2]
+            own = chosen[:, entry.offset : entry.offset + n_tokens * entry.stride : entry.stride]
+            lists.append(
+                work_rows(own, row_of, entry.offset, entry.stride, grid, row_class, col_class, mask.shape[1], padded)
+            )
+        lists = [_split_interior(work, plan) for work, plan in zip(lists, plans)]
     batch, length = mask.shape
-    padded = _is_padded(codes.device, backends.select_name(codes.device))
     xs, weights, biases, keeps, works, tables, patches = [], [], [], [], [], [], []
-    for entry in entries:
-        x, p, base = entry.x, entry.patch_size, entry.base_patch_size
-        if x.shape[1] % p or x.shape[2] % p:
-            # Squash case (size not a multiple of p): windows are not periodic, so resize first.
-            x = resize_channel_last(x, x.shape[1] // p * base, x.shape[2] // p * base)
-            p = base
-        grid = (x.shape[1] // p, x.shape[2] // p, x.shape[3])
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        row_class, col_class, table = device_tables(p, base, grid[0], grid[1], x.device, acc)
-        n_tokens = grid[0] * grid[1] * grid[2]
-        own = chosen[:, entry.offset : entry.offset + n_tokens * entry.stride : entry.stride]
-        work = work_rows(own, row_of, entry.offset, entry.stride, grid, row_class, col_class, length, padded)
-        x = x.contiguous()
-        for weight, part_work, part_table in _entry_parts(x, entry.weight, work, table, p, padded):
+    for entry, (x, p, _, _, _, table), plan, (work, inner_work) in zip(entries, prepared, plans, lists):
+        for weight, part_work, part_table in _entry_parts(entry.weight, table, plan, work, inner_work):
             xs.append(x)
             weights.append(weight)
             biases.append(entry.bias if entry.bias is not None else x.new_empty(0))
@@ -335,6 +373,22 @@ def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int
     save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
     out, _ = _tokenize_rows_op(xs, weights, biases, keeps, works, tables, patches, batch * length, save)
     return Packed(out.view(batch, length, entries[0].weight.shape[0]), indices, mask, seqlens)
+
+
+def _prepare_entry(entry: TokenEntry):
+    """``(x [B, H, W, T, C] contiguous, p, grid (h, w, T), row_class [h], col_class [w], tables)``.
+
+    A size that is not a multiple of p (squash case) has no periodic windows: the image is
+    resized first and embedded at the base patch size.
+    """
+    x, p, base = entry.x, entry.patch_size, entry.base_patch_size
+    if x.shape[1] % p or x.shape[2] % p:
+        x = resize_channel_last(x, x.shape[1] // p * base, x.shape[2] // p * base)
+        p = base
+    grid = (x.shape[1] // p, x.shape[2] // p, x.shape[3])
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    row_class, col_class, table = device_tables(p, base, grid[0], grid[1], x.device, acc)
+    return x.contiguous(), p, grid, row_class, col_class, table
 
 
 def _validate(x, weight, bias, token_mask, select, patch_size, base_patch_size, band_dropout_rate, generator, max_len):

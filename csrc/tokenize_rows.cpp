@@ -1,0 +1,199 @@
+// tokenize_rows.cpp - the fused tokenizer's embedding of exact work lists on CPU, all entries in one call.
+//
+//   cpu_tokenize_rows(xs[E], weights[E] [D, K_e], biases[E], keeps[E], works[E] [R_e, 7], tables[E],
+//                     patch_sizes[E], num_rows, save_patches) -> (out [num_rows, D], saved[E])
+//       per entry: A = token_patches(x, keep, work, tables, p)           [R_e, K_e]
+//                  out[work[r, 4]] = A[r] @ weight^T + bias              (rows no work row names are zero)
+//       saved[e] = A when save_patches (kept for the weight gradient), else an empty tensor.
+//   cpu_tokenize_rows_backward(grad [num_rows, D], xs, weights, keeps, works, tables, patch_sizes, saved,
+//                              need_x[E], need_weight[E], need_bias[E]) -> [grad_x[E]] + [grad_w[E]] + [grad_b[E]]
+//       G = grad[work[:, 4]]; grad_w = G^T A; grad_b = sum_r G[r]; grad_x = token_patches_backward(G @ weight)
+//       (an empty tensor where a gradient was not asked for).
+//
+// An empty bias / keep tensor means "none". Slots must be >= 0 (exact lists, no padding rows).
+// This is the per-entry loop of mim_fast/ops/tokenize.py moved out of Python (at small batch sizes the
+// Python-side dispatch of a few small ops per entry cost as much as the work itself), with one change:
+// rows go through the GEMMs in chunks whose temporaries (patches that are not saved, GEMM outputs,
+// gathered gradient rows) live in per-thread scratch that persists between calls. Fresh temporaries
+// are first-touch page faults on every call once the allocator has returned memory to the system
+// (which it does after any larger stage of a training step); on virtual machines those faults cost as
+// much as the GEMMs of a small batch. The scratch is bounded (kScratchBytes per buffer, or one chunk of
+// kMinChunkRows rows) and chunking only regroups the GEMM reduction for the weight gradient.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "tokenize.h"
+
+namespace mim_fast {
+namespace {
+
+constexpr int64_t kScratchBytes = int64_t(4) << 20;
+constexpr int64_t kMinChunkRows = 128;
+
+// Rows per chunk so that one chunk of row_elems-wide rows fits in kScratchBytes.
+int64_t chunk_rows(int64_t row_elems, int64_t elem_size) {
+  return std::max<int64_t>(kMinChunkRows, kScratchBytes / std::max<int64_t>(1, row_elems * elem_size));
+}
+
+// A [rows, cols] tensor over this thread's scratch buffer `which` (grown when needed, never shrunk).
+// Valid until the next call with the same `which` on this thread; never returned to callers.
+at::Tensor scratch(int which, int64_t rows, int64_t cols, const at::TensorOptions& options) {
+  static thread_local at::Tensor buffers[3];
+  at::Tensor& buf = buffers[which];
+  const int64_t bytes = rows * cols * static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
+  if (!buf.defined() || buf.numel() < bytes) buf = at::empty({std::max<int64_t>(bytes, 1)}, at::kByte);
+  return at::from_blob(buf.data_ptr(), {rows, cols}, options);
+}
+
+std::optional<at::Tensor> present(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0) return std::nullopt;
+  return t;
+}
+
+int64_t check_lists(at::TensorList xs, at::TensorList weights, at::TensorList keeps, at::TensorList works,
+                    at::TensorList tables, at::IntArrayRef patch_sizes) {
+  const size_t E = xs.size();
+  TORCH_CHECK_VALUE(E >= 1, "xs: expected at least one entry");
+  TORCH_CHECK_VALUE(weights.size() == E && keeps.size() == E && works.size() == E && tables.size() == E &&
+                        patch_sizes.size() == E,
+                    "weights, keeps, works, tables, patch_sizes: expected ", E, " items each (one per entry of xs)");
+  const int64_t D = weights[0].dim() == 2 ? weights[0].size(0) : -1;
+  for (size_t e = 0; e < E; ++e) {
+    checks::cpu(weights[e], "weights");
+    checks::rank(weights[e], 2, "weights", "[D, K]");
+    TORCH_CHECK_VALUE(weights[e].size(0) == D, "weights: entry ", e, " has ", weights[e].size(0),
+                      " output features, expected ", D, " (as entry 0)");
+    checks::same_dtype(weights[e], xs[e], "weights", "xs");
+    checks::cpu(works[e], "works");
+    checks::dtype(works[e], at::kLong, "works");
+  }
+  return D;
+}
+
+void check_slots(const at::Tensor& work, int64_t num_rows, size_t entry) {
+  const int64_t* wp = work.data_ptr<int64_t>();
+  for (int64_t r = 0; r < work.size(0); ++r) {
+    const int64_t slot = wp[r * 7 + 4];
+    TORCH_CHECK_VALUE(slot >= 0 && slot < num_rows, "works: entry ", entry, " row ", r, " has slot ", slot,
+                      ", expected [0, ", num_rows, ")");
+  }
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs, at::TensorList weights,
+                                                              at::TensorList biases, at::TensorList keeps,
+                                                              at::TensorList works, at::TensorList tables,
+                                                              at::IntArrayRef patch_sizes, int64_t num_rows,
+                                                              bool save_patches) {
+  const int64_t D = check_lists(xs, weights, keeps, works, tables, patch_sizes);
+  TORCH_CHECK_VALUE(biases.size() == xs.size(), "biases: expected ", xs.size(), " items (one per entry of xs)");
+  TORCH_CHECK_VALUE(num_rows >= 0, "num_rows: expected >= 0, got ", num_rows);
+  at::Tensor out = at::empty({num_rows, D}, xs[0].options());
+  std::vector<char> covered(static_cast<size_t>(num_rows), 0);
+  std::vector<at::Tensor> saved;
+  saved.reserve(xs.size());
+  const size_t row_bytes = static_cast<size_t>(D) * out.element_size();
+  char* op = static_cast<char*>(out.data_ptr());
+  for (size_t e = 0; e < xs.size(); ++e) {
+    const at::Tensor work = works[e].contiguous();
+    check_slots(work, num_rows, e);
+    const auto keep = present(keeps[e]);
+    const auto bias = present(biases[e]);
+    const at::Tensor weight_t = weights[e].t();
+    const int64_t R = work.size(0), K = weights[e].size(1);
+    TORCH_CHECK_VALUE(tables[e].dim() == 4 && tables[e].size(2) * tables[e].size(2) * xs[e].size(-1) == K,
+                      "weights: entry ", e, " has ", K, " input features, expected P * P * C of its tables and x");
+    at::Tensor all_patches = save_patches ? at::empty({R, K}, xs[e].options()) : at::Tensor();
+    const int64_t chunk = chunk_rows(K + D, out.element_size());
+    const int64_t* wp = work.data_ptr<int64_t>();
+    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+      const int64_t n = std::min(chunk, R - r0);
+      const at::Tensor patches = save_patches ? all_patches.narrow(0, r0, n) : scratch(0, n, K, xs[e].options());
+      token_patches_out(xs[e], keep, work.narrow(0, r0, n), tables[e], patch_sizes[e], patches);
+      at::Tensor rows = scratch(1, n, D, out.options());
+      if (bias.has_value())
+        at::addmm_out(rows, *bias, patches, weight_t);
+      else
+        at::mm_out(rows, patches, weight_t);
+      const char* rp = static_cast<const char*>(rows.data_ptr());
+      const int64_t* wc = wp + r0 * 7;
+      at::parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r) std::memcpy(op + wc[r * 7 + 4] * row_bytes, rp + r * row_bytes, row_bytes);
+      });
+    }
+    for (int64_t r = 0; r < R; ++r) covered[wp[r * 7 + 4]] = 1;
+    saved.push_back(save_patches ? all_patches : xs[e].new_empty({0}));
+  }
+  for (int64_t r = 0; r < num_rows; ++r)
+    if (!covered[r]) std::memset(op + r * row_bytes, 0, row_bytes);
+  return {out, saved};
+}
+
+std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::TensorList xs, at::TensorList weights,
+                                               at::TensorList keeps, at::TensorList works, at::TensorList tables,
+                                               at::IntArrayRef patch_sizes, at::TensorList saved,
+                                               const c10::List<bool>& need_x, const c10::List<bool>& need_weight,
+                                               const c10::List<bool>& need_bias) {
+  const int64_t D = check_lists(xs, weights, keeps, works, tables, patch_sizes);
+  const size_t E = xs.size();
+  TORCH_CHECK_VALUE(saved.size() == E && need_x.size() == E && need_weight.size() == E && need_bias.size() == E,
+                    "saved, need_x, need_weight, need_bias: expected ", E, " items each (one per entry of xs)");
+  checks::cpu(grad, "grad");
+  checks::rank(grad, 2, "grad", "[num_rows, D]");
+  TORCH_CHECK_VALUE(grad.size(1) == D, "grad: expected ", D, " columns (D of weights), got shape ", grad.sizes());
+  std::vector<at::Tensor> grad_xs, grad_ws, grad_bs;
+  for (size_t e = 0; e < E; ++e) {
+    const at::Tensor work = works[e].contiguous();
+    check_slots(work, grad.size(0), e);
+    const auto keep = present(keeps[e]);
+    const at::Tensor slots = work.select(1, 4);
+    const int64_t R = work.size(0), K = weights[e].size(1);
+    const bool has_saved = saved[e].numel() > 0;
+    at::Tensor gw = need_weight[e] ? at::zeros({D, K}, weights[e].options()) : xs[e].new_empty({0});
+    at::Tensor gb = need_bias[e] ? at::zeros({D}, weights[e].options()) : xs[e].new_empty({0});
+    if (need_weight[e] || need_bias[e]) {
+      const int64_t chunk = chunk_rows(has_saved ? D : K + D, grad.element_size());
+      for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+        const int64_t n = std::min(chunk, R - r0);
+        at::Tensor picked = scratch(2, n, D, grad.options());
+        at::index_select_out(picked, grad, 0, slots.narrow(0, r0, n));
+        if (need_weight[e]) {
+          at::Tensor patches = has_saved ? saved[e].narrow(0, r0, n) : scratch(0, n, K, xs[e].options());
+          if (!has_saved) token_patches_out(xs[e], keep, work.narrow(0, r0, n), tables[e], patch_sizes[e], patches);
+          gw.addmm_(picked.t(), patches);
+        }
+        if (need_bias[e]) gb.add_(picked.sum(0));
+      }
+    }
+    grad_ws.push_back(gw);
+    grad_bs.push_back(gb);
+    if (need_x[e]) {
+      const at::Tensor picked = at::index_select(grad, 0, slots);
+      grad_xs.push_back(
+          token_patches_backward(at::mm(picked, weights[e]), xs[e].sizes(), keep, work, tables[e], patch_sizes[e]));
+    } else {
+      grad_xs.push_back(xs[e].new_empty({0}));
+    }
+  }
+  std::vector<at::Tensor> flat;
+  flat.reserve(3 * E);
+  for (auto* part : {&grad_xs, &grad_ws, &grad_bs}) flat.insert(flat.end(), part->begin(), part->end());
+  return flat;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mim_fast, CPU, m) {
+  m.impl("cpu_tokenize_rows", &tokenize_rows);
+  m.impl("cpu_tokenize_rows_backward", &tokenize_rows_backward);
+}
+
+}  // namespace mim_fast

@@ -1,0 +1,229 @@
+"""The CPU extension's one-call tokenizer pieces against the tensor compositions they replace:
+``cpu_token_layout`` (packed layout + work lists + interior split) and ``cpu_tokenize_rows``
+(per-entry embedding loop, chunked through scratch buffers) with its backward."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mim_fast
+from mim_fast.ops._token_layout import device_tables, packed_layout, work_rows
+from mim_fast.ops.tokenize import _split_interior
+
+pytestmark = pytest.mark.skipif(not mim_fast.backends.status("cpp").available, reason="cpp backend unavailable")
+
+BASE = 8
+
+
+class _Plan:
+    def __init__(self, row_class, col_class, min_rows):
+        self.row_class, self.col_class, self.min_rows = row_class, col_class, min_rows
+
+
+def _entries(grids, band_sets):
+    """Offsets and strides of entries laid out like MultiModalPatchEmbeddings.forward_packed."""
+    offsets, strides, offset = [], [], 0
+    for (h, w, t), n_sets in zip(grids, band_sets):
+        for k in range(n_sets):
+            offsets.append(offset + k)
+            strides.append(n_sets)
+        offset += h * w * t * n_sets
+    return offsets, strides, offset
+
+
+def _expected_layout(chosen, max_len, grids, band_sets, classes, plans):
+    indices, seqlens, mask, row_of = packed_layout(chosen, max_len)
+    offsets, strides, _ = _entries(grids, band_sets)
+    lists, e = [], 0
+    for (h, w, t), n_sets in zip(grids, band_sets):
+        for _ in range(n_sets):
+            row_class, col_class = classes[e]
+            own = chosen[:, offsets[e] : offsets[e] + h * w * t * strides[e] : strides[e]]
+            work = work_rows(own, row_of, offsets[e], strides[e], (h, w, t), row_class, col_class, mask.shape[1], False)
+            lists.append(_split_interior(work, plans[e]))
+            e += 1
+    return indices, seqlens, mask, lists
+
+
+def _actual_layout(chosen, max_len, grids, band_sets, classes, plans):
+    offsets, strides, _ = _entries(grids, band_sets)
+    flat_grids = [s for (h, w, t), n in zip(grids, band_sets) for _ in range(n) for s in (h, w, t)]
+    split = []
+    for plan in plans:
+        split += [-1, -1, 0] if plan is None else [plan.row_class, plan.col_class, plan.min_rows]
+    indices, seqlens, mask, works = torch.ops.mim_fast.cpu_token_layout(
+        chosen, -1 if max_len is None else max_len, offsets, strides, flat_grids,
+        [c[0] for c in classes], [c[1] for c in classes], split,
+    )  # fmt: skip
+    lists = [(works[2 * e], works[2 * e + 1] if works[2 * e + 1].shape[0] else None) for e in range(len(plans))]
+    return indices, seqlens, mask, lists
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    grids=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 3)), min_size=1, max_size=3),
+    band_sets=st.lists(st.integers(1, 2), min_size=3, max_size=3),
+    patch=st.integers(1, 4),
+    density=st.sampled_from([0.0, 0.3, 1.0]),
+    min_rows=st.integers(0, 4),
+    fixed_len=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_token_layout_matches_tensor_composition(batch, grids, band_sets, patch, density, min_rows, fixed_len, seed):
+    band_sets = band_sets[: len(grids)]
+    gen = torch.Generator().manual_seed(seed)
+    _, _, n = _entries(grids, band_sets)
+    chosen = torch.rand(batch, n, generator=gen) < density
+    max_len = int(chosen.sum(1).max()) + 2 if fixed_len else None
+    grid_classes = [device_tables(patch, BASE, h, w, torch.device("cpu"), torch.float32)[:2] for h, w, _ in grids]
+    # one (row_class, col_class) per entry: a grid's classes repeat for each of its band sets
+    classes = [c for c, n_sets in zip(grid_classes, band_sets) for _ in range(n_sets)]
+    # split on the most frequent class pair so that both outcomes of the threshold occur
+    plans = [
+        _Plan(int(rc.mode().values), int(cc.mode().values), min_rows) if patch < BASE else None for rc, cc in classes
+    ]
+    expected = _expected_layout(chosen, max_len, grids, band_sets, classes, plans)
+    actual = _actual_layout(chosen, max_len, grids, band_sets, classes, plans)
+    for name, want, got in zip(("indices", "seqlens", "mask"), expected[:3], actual[:3]):
+        assert torch.equal(want, got), name
+    for e, ((want_main, want_inner), (got_main, got_inner)) in enumerate(zip(expected[3], actual[3])):
+        assert torch.equal(want_main, got_main), f"entry {e} main rows"
+        assert (want_inner is None) == (got_inner is None), f"entry {e} split decision"
+        if want_inner is not None:
+            assert torch.equal(want_inner, got_inner), f"entry {e} interior rows"
+
+
+def test_token_layout_empty_selection_and_max_len_check():
+    row_class, col_class, _ = device_tables(2, BASE, 2, 3, torch.device("cpu"), torch.float32)
+    chosen = torch.zeros(2, 6, dtype=torch.bool)
+    indices, seqlens, mask, works = torch.ops.mim_fast.cpu_token_layout(
+        chosen, -1, [0], [1], [2, 3, 1], [row_class], [col_class], [-1, -1, 0]
+    )
+    assert seqlens.tolist() == [0, 0] and mask.shape == (2, 0)
+    assert works[0].shape == (0, 7) and works[1].shape == (0, 7)
+    assert torch.equal(indices, torch.arange(6).expand(2, 6))
+    chosen[0, :4] = True
+    with pytest.raises(ValueError, match="max_len: 3 is smaller than the largest number of kept tokens 4"):
+        torch.ops.mim_fast.cpu_token_layout(chosen, 3, [0], [1], [2, 3, 1], [row_class], [col_class], [-1, -1, 0])
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(chosen=torch.zeros(2, 6, dtype=torch.int64)), TypeError, "chosen"),
+        (dict(chosen=torch.zeros(12, dtype=torch.bool)), ValueError, "chosen"),
+        (dict(strides=[1, 1]), ValueError, "strides"),
+        (dict(grids=[2, 3]), ValueError, "grids"),
+        (dict(grids=[3, 3, 1]), ValueError, "offsets"),
+        (dict(split=[0, 0]), ValueError, "split"),
+        (dict(row_classes=[torch.zeros(5, dtype=torch.int64)]), ValueError, "row_classes"),
+        (dict(col_classes=[torch.zeros(3, dtype=torch.int32)]), TypeError, "col_classes"),
+        (dict(offsets=[]), ValueError, "offsets"),
+    ],
+)
+def test_token_layout_bad_input_names_the_argument(change, error, match):
+    row_class, col_class, _ = device_tables(2, BASE, 2, 3, torch.device("cpu"), torch.float32)
+    args = dict(
+        chosen=torch.ones(2, 6, dtype=torch.bool), max_len=-1, offsets=[0], strides=[1], grids=[2, 3, 1],
+        row_classes=[row_class], col_classes=[col_class], split=[-1, -1, 0],
+    )  # fmt: skip
+    args.update(change)
+    with pytest.raises(error, match=match):
+        torch.ops.mim_fast.cpu_token_layout(*args.values())
+
+
+def _rows_case(batch, hw_p, patch, channels, dim, density, seed=0, time=1):
+    """One entry's inputs and exact work list (all positions of a [batch, hw_p, hw_p, time] grid)."""
+    gen = torch.Generator().manual_seed(seed)
+    size = hw_p * patch
+    x = torch.randn(batch, size, size, time, channels, generator=gen)
+    weight = torch.randn(dim, BASE * BASE * channels, generator=gen) / BASE
+    bias = torch.randn(dim, generator=gen)
+    keep = torch.rand(batch, channels, generator=gen) < 0.7
+    chosen = torch.rand(batch, hw_p * hw_p * time, generator=gen) < density
+    row_class, col_class, tables = device_tables(patch, BASE, hw_p, hw_p, torch.device("cpu"), torch.float32)
+    _, _, mask, row_of = packed_layout(chosen, None)
+    work = work_rows(chosen, row_of, 0, 1, (hw_p, hw_p, time), row_class, col_class, mask.shape[1], False)
+    return x, weight, bias, keep, work, tables, mask.numel()
+
+
+def _rows_expected(x, weight, bias, keep, work, tables, patch, num_rows):
+    patches = torch.ops.mim_fast.cpu_token_patches(x, keep, work, tables, patch)
+    out = torch.zeros(num_rows, weight.shape[0], dtype=x.dtype)
+    out[work[:, 4]] = torch.addmm(bias, patches, weight.t())
+    return out, patches
+
+
+@pytest.mark.parametrize(
+    "batch, hw_p, patch, channels, dim, density",
+    [
+        (2, 3, 2, 3, 5, 0.6),  # small: one chunk
+        (2, 4, 8, 64, 4096, 1.0),  # 32 rows of K = 4096, D = 4096: still one chunk (>= 128 rows per chunk)
+        (10, 8, 8, 64, 4096, 1.0),  # 640 rows: several chunks forward (128) and backward (256)
+        (3, 5, 3, 2, 7, 0.0),  # nothing selected
+    ],
+)
+def test_tokenize_rows_matches_composition(batch, hw_p, patch, channels, dim, density):
+    x, weight, bias, keep, work, tables, num_rows = _rows_case(batch, hw_p, patch, channels, dim, density)
+    want, patches = _rows_expected(x, weight, bias, keep, work, tables, patch, num_rows)
+    for save in (True, False):
+        out, saved = torch.ops.mim_fast.cpu_tokenize_rows(
+            [x], [weight], [bias], [keep], [work], [tables], [patch], num_rows, save
+        )
+        tol = 1e-5 * (weight.shape[1] ** 0.5)
+        torch.testing.assert_close(out, want, atol=tol, rtol=1e-5)
+        if save:
+            assert torch.equal(saved[0], patches)
+        else:
+            assert saved[0].numel() == 0
+    grad = torch.randn(num_rows, dim)
+    picked = grad[work[:, 4]]
+    for saved_patches in (patches, torch.empty(0)):
+        gx, gw, gb = torch.ops.mim_fast.cpu_tokenize_rows_backward(
+            grad, [x], [weight], [keep], [work], [tables], [patch], [saved_patches], [True], [True], [True]
+        )
+        tol = 1e-5 * (max(work.shape[0], 1) ** 0.5)
+        torch.testing.assert_close(gw, picked.t() @ patches, atol=tol, rtol=1e-4)
+        torch.testing.assert_close(gb, picked.sum(0), atol=tol, rtol=1e-4)
+        want_gx = torch.ops.mim_fast.cpu_token_patches_backward(picked @ weight, list(x.shape), keep, work, tables, patch)
+        torch.testing.assert_close(gx, want_gx, atol=1e-4, rtol=1e-4)
+
+
+def test_tokenize_rows_expanded_grad_and_unused_gradients():
+    """An expanded (stride 0) upstream gradient, as from ``tokens.sum()``; gradients not asked for are empty."""
+    x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 0.6)
+    _, patches = _rows_expected(x, weight, bias, keep, work, tables, 2, num_rows)
+    grad = torch.ones(()).expand(num_rows, 5)
+    gx, gw, gb = torch.ops.mim_fast.cpu_tokenize_rows_backward(
+        grad, [x], [weight], [keep], [work], [tables], [2], [patches], [False], [True], [False]
+    )
+    torch.testing.assert_close(gw, torch.ones(work.shape[0], 5).t() @ patches)
+    assert gx.numel() == 0 and gb.numel() == 0
+
+
+def test_tokenize_rows_zero_fills_rows_without_work():
+    x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 0.5)
+    out, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [2], num_rows + 4, False)
+    covered = torch.zeros(num_rows + 4, dtype=torch.bool)
+    covered[work[:, 4]] = True
+    assert torch.equal(out[~covered], torch.zeros_like(out[~covered]))
+
+
+def test_tokenize_rows_bad_input_names_the_argument():
+    x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 1.0)
+    bad_slot = work.clone()
+    bad_slot[0, 4] = num_rows
+    with pytest.raises(ValueError, match="works: entry 0 row 0 has slot"):
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [bad_slot], [tables], [2], num_rows, False)
+    with pytest.raises(ValueError, match="weights: entry 0 has 10 input features"):
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight[:, :10]], [bias], [keep], [work], [tables], [2], num_rows, False)
+    with pytest.raises(ValueError, match="weights, keeps, works, tables, patch_sizes"):
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work, work], [tables], [2], num_rows, False)
+    with pytest.raises(TypeError, match="weights"):
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight.double()], [bias], [keep], [work], [tables], [2], num_rows, False)
+    with pytest.raises(ValueError, match="grad: expected 5 columns"):
+        torch.ops.mim_fast.cpu_tokenize_rows_backward(
+            torch.zeros(num_rows, 4), [x], [weight], [keep], [work], [tables], [2], [torch.empty(0)], [False], [True], [True]
+        )  # fmt: skip

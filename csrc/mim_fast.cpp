@@ -9,6 +9,8 @@
 
 #include <torch/library.h>
 
+#include "tokenize.h"
+
 static PyModuleDef mim_fast_c_module = {
     PyModuleDef_HEAD_INIT,
     "_C",     // m_name
@@ -51,6 +53,8 @@ TORCH_LIBRARY(mim_fast, m) {
       "cpu_tokenize_rows_backward(Tensor grad, Tensor[] xs, Tensor[] weights, Tensor[] keeps, Tensor[] works, "
       "Tensor[] tables, int[] patch_sizes, Tensor[] saved, bool[] need_x, bool[] need_weight, bool[] need_bias) "
       "-> Tensor[]");
+  m.def("cpu_tokenize_scratch_bytes() -> int", &mim_fast::tokenize_scratch_bytes);
+  m.def("cpu_tokenize_release_scratch() -> ()", &mim_fast::tokenize_release_scratch);
   // patch_disc.cpp
   m.def(
       "cpu_patch_disc(Tensor pred, Tensor target, Tensor keep, float tau, float threshold, bool mask_negatives, "

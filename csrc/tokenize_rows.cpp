@@ -32,6 +32,7 @@
 
 #include "checks.h"
 #include "tokenize.h"
+#include "zeroed_alloc.h"
 
 namespace mim_fast {
 namespace {
@@ -44,11 +45,13 @@ int64_t chunk_rows(int64_t row_elems, int64_t elem_size) {
   return std::max<int64_t>(kMinChunkRows, kScratchBytes / std::max<int64_t>(1, row_elems * elem_size));
 }
 
+constexpr int kScratchBuffers = 3;
+thread_local at::Tensor scratch_buffers[kScratchBuffers];
+
 // A [rows, cols] tensor over this thread's scratch buffer `which` (grown when needed, never shrunk).
 // Valid until the next call with the same `which` on this thread; never returned to callers.
 at::Tensor scratch(int which, int64_t rows, int64_t cols, const at::TensorOptions& options) {
-  static thread_local at::Tensor buffers[3];
-  at::Tensor& buf = buffers[which];
+  at::Tensor& buf = scratch_buffers[which];
   const int64_t bytes = rows * cols * static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
   if (!buf.defined() || buf.numel() < bytes) buf = at::empty({std::max<int64_t>(bytes, 1)}, at::kByte);
   return at::from_blob(buf.data_ptr(), {rows, cols}, options);
@@ -96,8 +99,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
   const int64_t D = check_lists(xs, weights, keeps, works, tables, patch_sizes);
   TORCH_CHECK_VALUE(biases.size() == xs.size(), "biases: expected ", xs.size(), " items (one per entry of xs)");
   TORCH_CHECK_VALUE(num_rows >= 0, "num_rows: expected >= 0, got ", num_rows);
-  at::Tensor out = at::empty({num_rows, D}, xs[0].options());
-  std::vector<char> covered(static_cast<size_t>(num_rows), 0);
+  // Rows no work row names (padding) stay as allocated: zero.
+  at::Tensor out = zeroed_empty({num_rows, D}, xs[0].options());
   std::vector<at::Tensor> saved;
   saved.reserve(xs.size());
   const size_t row_bytes = static_cast<size_t>(D) * out.element_size();
@@ -129,11 +132,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
         for (int64_t r = a; r < b; ++r) std::memcpy(op + wc[r * 7 + 4] * row_bytes, rp + r * row_bytes, row_bytes);
       });
     }
-    for (int64_t r = 0; r < R; ++r) covered[wp[r * 7 + 4]] = 1;
     saved.push_back(save_patches ? all_patches : xs[e].new_empty({0}));
   }
-  for (int64_t r = 0; r < num_rows; ++r)
-    if (!covered[r]) std::memset(op + r * row_bytes, 0, row_bytes);
   return {out, saved};
 }
 
@@ -157,9 +157,12 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
     const at::Tensor slots = work.select(1, 4);
     const int64_t R = work.size(0), K = weights[e].size(1);
     const bool has_saved = saved[e].numel() > 0;
-    at::Tensor gw = need_weight[e] ? at::zeros({D, K}, weights[e].options()) : xs[e].new_empty({0});
-    at::Tensor gb = need_bias[e] ? at::zeros({D}, weights[e].options()) : xs[e].new_empty({0});
-    if (need_weight[e] || need_bias[e]) {
+    // An entry without rows still gets zero gradients, as in the dense computation.
+    at::Tensor gw = need_weight[e] ? (R ? at::empty({D, K}, weights[e].options()) : zeroed_empty({D, K}, weights[e].options()))
+                                   : xs[e].new_empty({0});
+    at::Tensor gb = need_bias[e] ? (R ? at::empty({D}, weights[e].options()) : zeroed_empty({D}, weights[e].options()))
+                                 : xs[e].new_empty({0});
+    if ((need_weight[e] || need_bias[e]) && R > 0) {
       const int64_t chunk = chunk_rows(has_saved ? D : K + D, grad.element_size());
       for (int64_t r0 = 0; r0 < R; r0 += chunk) {
         const int64_t n = std::min(chunk, R - r0);
@@ -168,9 +171,17 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
         if (need_weight[e]) {
           at::Tensor patches = has_saved ? saved[e].narrow(0, r0, n) : scratch(0, n, K, xs[e].options());
           if (!has_saved) token_patches_out(xs[e], keep, work.narrow(0, r0, n), tables[e], patch_sizes[e], patches);
-          gw.addmm_(picked.t(), patches);
+          if (r0 == 0)
+            at::mm_out(gw, picked.t(), patches);
+          else
+            gw.addmm_(picked.t(), patches);
         }
-        if (need_bias[e]) gb.add_(picked.sum(0));
+        if (need_bias[e]) {
+          if (r0 == 0)
+            at::sum_out(gb, picked, 0);
+          else
+            gb.add_(picked.sum(0));
+        }
       }
     }
     grad_ws.push_back(gw);
@@ -190,6 +201,17 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
 }
 
 }  // namespace
+
+int64_t tokenize_scratch_bytes() {
+  int64_t total = 0;
+  for (const at::Tensor& buf : scratch_buffers)
+    if (buf.defined()) total += buf.numel();
+  return total;
+}
+
+void tokenize_release_scratch() {
+  for (at::Tensor& buf : scratch_buffers) buf = at::Tensor();
+}
 
 TORCH_LIBRARY_IMPL(mim_fast, CPU, m) {
   m.impl("cpu_tokenize_rows", &tokenize_rows);

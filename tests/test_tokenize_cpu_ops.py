@@ -2,6 +2,8 @@
 ``cpu_token_layout`` (packed layout + work lists + interior split) and ``cpu_tokenize_rows``
 (per-entry embedding loop, chunked through scratch buffers) with its backward."""
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -227,3 +229,38 @@ def test_tokenize_rows_bad_input_names_the_argument():
         torch.ops.mim_fast.cpu_tokenize_rows_backward(
             torch.zeros(num_rows, 4), [x], [weight], [keep], [work], [tables], [2], [torch.empty(0)], [False], [True], [True]
         )  # fmt: skip
+
+
+def test_tokenize_rows_backward_gives_zero_gradients_to_entries_without_rows():
+    x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 0.0)
+    assert work.shape[0] == 0
+    gx, gw, gb = torch.ops.mim_fast.cpu_tokenize_rows_backward(
+        torch.randn(4, 5), [x], [weight], [keep], [work], [tables], [2], [torch.empty(0)], [True], [True], [True]
+    )
+    assert torch.equal(gw, torch.zeros_like(weight)) and torch.equal(gb, torch.zeros_like(bias))
+    assert torch.equal(gx, torch.zeros_like(x))
+
+
+def test_held_bytes_counts_fold_cache_and_scratch(monkeypatch):
+    fused_tokenize = importlib.import_module("mim_fast.ops.tokenize")
+
+    fused_tokenize.clear_fold_cache()
+    base = fused_tokenize.held_bytes()
+    x, weight, bias = torch.randn(2, 9, 9, 1, 3), torch.randn(6, BASE * BASE * 3), torch.randn(6)
+    codes = torch.ones(2, 9, 9, 1, dtype=torch.int64)
+    with torch.no_grad():  # frozen weight at p = 1: interior tokens use the cached folded weight
+        mim_fast.tokenize(x, weight, bias, codes, select=1, patch_size=1)
+    assert len(fused_tokenize._FOLD_CACHE) == 1
+    folded = next(iter(fused_tokenize._FOLD_CACHE.values()))[2]
+    scratch = int(torch.ops.mim_fast.cpu_tokenize_scratch_bytes())
+    assert scratch > 0
+    assert fused_tokenize.held_bytes() >= base + folded.numel() * folded.element_size() + scratch
+    fused_tokenize.clear_fold_cache()
+    assert len(fused_tokenize._FOLD_CACHE) == 0 and int(torch.ops.mim_fast.cpu_tokenize_scratch_bytes()) == 0
+    # the cache is bounded in bytes: with a budget below one folded weight only the newest entry stays
+    monkeypatch.setattr(fused_tokenize, "_FOLD_CACHE_BYTES", 1)
+    with torch.no_grad():
+        for other in (weight, weight.clone(), weight.clone()):
+            mim_fast.tokenize(x, other, bias, codes, select=1, patch_size=1)
+    assert len(fused_tokenize._FOLD_CACHE) == 1
+    fused_tokenize.clear_fold_cache()

@@ -161,6 +161,8 @@ class StageCase:
     total_tokens: int
     input_elements: int = 0
     weight_elements: int = 0
+    reset: object = None
+    """Drops the online weights' gradients, so that a memory profile starts from none."""
 
 
 def _params(module: MultiModalPatchEmbeddings) -> dict:
@@ -233,6 +235,7 @@ def build_case(
         {"fused": fused, "eager": eager_step(eager_tokens), "compiled": eager_step(compiled)},
         flops, counts["online"], counts["target"], counts["total"],
         sum(getattr(batch, m).numel() for m in MODALITIES), sum(w.numel() for w, _ in online_params.values()),
+        lambda: online.zero_grad(set_to_none=True),
     )  # fmt: skip
 
 
@@ -244,22 +247,27 @@ def gemm_rate(repeats: int = 11) -> float:
     return 2.0 * 4096 * 768 * 768 / median_seconds(lambda: a @ b, repeats=repeats)
 
 
-def peak_memory_bytes(fn) -> int:
+def peak_memory_bytes(fn, reset=None, held=None) -> int:
     """Peak of the bytes held by tensors ``fn()`` allocates, above what was allocated before it.
 
     Read from the profiler's memory events (every CPU tensor allocation and release, in
     order); released memory retained by the C allocator does not hide it, unlike the
-    process's resident-set high-water mark. ``fn`` is run once before, to warm up.
+    process's resident-set high-water mark. ``fn`` is run once before, to warm up; then
+    ``reset()`` (if given) frees what that run left behind (gradients), so that releases of
+    memory allocated before the profile cannot lower its baseline. ``held()`` (if given) is
+    memory the path keeps between calls (caches, scratch), added to the peak.
     """
     fn()
+    if reset is not None:
+        reset()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    held = peak = 0
+    held_now = peak = 0
     for event in sorted(events, key=lambda e: e.start_ns()):
-        held += event.nbytes()
-        peak = max(peak, held)
-    return peak
+        held_now = held_now + event.nbytes()
+        peak = max(peak, held_now)
+    return peak + (held() if held is not None else 0)
 
 
 def geometric_mean(values) -> float:

@@ -3,6 +3,7 @@
 (per-entry embedding loop, chunked through scratch buffers) with its backward."""
 
 import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mim_fast
-from mim_fast.ops._token_layout import device_tables, packed_layout, work_rows
+from mim_fast.ops._token_layout import cpp_work_lists, device_tables, packed_layout, work_rows
 from mim_fast.ops.tokenize import _split_interior
 
 pytestmark = pytest.mark.skipif(not mim_fast.backends.status("cpp").available, reason="cpp backend unavailable")
@@ -50,16 +51,10 @@ def _expected_layout(chosen, max_len, grids, band_sets, classes, plans):
 
 def _actual_layout(chosen, max_len, grids, band_sets, classes, plans):
     offsets, strides, _ = _entries(grids, band_sets)
-    flat_grids = [s for (h, w, t), n in zip(grids, band_sets) for _ in range(n) for s in (h, w, t)]
-    split = []
-    for plan in plans:
-        split += [-1, -1, 0] if plan is None else [plan.row_class, plan.col_class, plan.min_rows]
-    indices, seqlens, mask, works = torch.ops.mim_fast.cpu_token_layout(
-        chosen, -1 if max_len is None else max_len, offsets, strides, flat_grids,
-        [c[0] for c in classes], [c[1] for c in classes], split,
-    )  # fmt: skip
-    lists = [(works[2 * e], works[2 * e + 1] if works[2 * e + 1].shape[0] else None) for e in range(len(plans))]
-    return indices, seqlens, mask, lists
+    entries = [SimpleNamespace(offset=o, stride=s) for o, s in zip(offsets, strides)]
+    entry_grids = [grid for grid, n_sets in zip(grids, band_sets) for _ in range(n_sets)]
+    prepared = [(None, None, grid, rc, cc, None) for grid, (rc, cc) in zip(entry_grids, classes)]
+    return cpp_work_lists(chosen, max_len, entries, prepared, plans)
 
 
 @settings(max_examples=40, deadline=None)

@@ -109,6 +109,15 @@ def _metrics(work):
         return [json.loads(line) for line in f]
 
 
+def _finished_steps(work) -> int:
+    """Complete lines of a metrics file another process may be writing (no partial last line)."""
+    path = os.path.join(work, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return f.read().count("\n")
+
+
 def test_smoke_run_is_deterministic_and_resumes_after_sigkill(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     first = cli("train", "--smoke", "--work-dir", a, *SHORT)
@@ -138,7 +147,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mim_fast.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:
-        if os.path.exists(os.path.join(work, "metrics.jsonl")) and len(_metrics(work)) >= 2:
+        if _finished_steps(work) >= 2:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

@@ -4,6 +4,8 @@ All of it is integer tensor arithmetic on the tokens' device. The only host read
 packed length ``L = max(seqlens)`` when the caller does not give ``max_len``; with
 ``max_len`` nothing here synchronises (on CPU, where a sync is free, work lists are
 trimmed to the selected tokens instead of being padded to a fixed size).
+:func:`cpp_work_lists` is the CPU extension's one-call equivalent of :func:`packed_layout`
+plus every entry's :func:`work_rows`.
 """
 
 import functools

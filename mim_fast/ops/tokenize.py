@@ -8,8 +8,14 @@ band set of one modality); :func:`tokenize_entries` packs several entries of a s
 one sequence, :func:`tokenize` is the single-entry functional.
 
 Registered ops: ``mim_fast::tokenize_rows`` (forward) and ``mim_fast::tokenize_rows_backward``.
-Weight and bias gradients come from the selected tokens only (the patches are rebuilt in
-the backward instead of being saved); the input gradient is the adjoint resize.
+Weight and bias gradients come from the selected tokens only (from the patches the forward
+kept); the input gradient is the adjoint resize.
+
+On CPU with the compiled extension, the packed layout and every work list come from one
+call (``cpu_token_layout``) and the loop over entries runs in C++ (``cpu_tokenize_rows``
+and its backward): at small batch sizes the dispatch of a dozen small tensor ops per entry
+cost as much as the embedding itself. Other backends and devices run the same steps as
+tensor ops.
 """
 
 import collections

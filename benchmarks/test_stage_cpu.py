@@ -11,7 +11,6 @@ Run:  pytest benchmarks/test_stage_cpu.py --benchmark-json benchmarks/results/st
 import pytest
 
 from mim_fast.bench.stage import SHAPES, build_case, peak_memory_bytes
-from mim_fast.ops.tokenize import clear_fold_cache, held_bytes
 
 PATHS = ["fused", "eager", "compiled"]
 
@@ -29,6 +28,5 @@ def test_stage(run_benchmark, shape, batch_size, path):
         tokens=dict(online=case.online_tokens, target=case.target_tokens, total=case.total_tokens),
     )
     if path != "compiled":
-        clear_fold_cache()  # held memory of this shape only
-        info["peak_memory_bytes"] = peak_memory_bytes(fn, case.reset, held_bytes if path == "fused" else None)
+        info["peak_memory_bytes"] = peak_memory_bytes(fn, case.reset[path])
     run_benchmark(fn, **info)

@@ -9,6 +9,7 @@
 
 #include <torch/library.h>
 
+#include "output_pool.h"
 #include "tokenize.h"
 
 static PyModuleDef mim_fast_c_module = {
@@ -55,6 +56,9 @@ TORCH_LIBRARY(mim_fast, m) {
       "-> Tensor[]");
   m.def("cpu_tokenize_scratch_bytes() -> int", &mim_fast::tokenize_scratch_bytes);
   m.def("cpu_tokenize_release_scratch() -> ()", &mim_fast::tokenize_release_scratch);
+  // output_pool.cpp
+  m.def("cpu_output_pool_idle_bytes() -> int", &mim_fast::output_pool_idle_bytes);
+  m.def("cpu_output_pool_release() -> ()", &mim_fast::output_pool_release);
   // patch_disc.cpp
   m.def(
       "cpu_patch_disc(Tensor pred, Tensor target, Tensor keep, float tau, float threshold, bool mask_negatives, "

@@ -32,7 +32,7 @@
 
 #include "checks.h"
 #include "tokenize.h"
-#include "zeroed_alloc.h"
+#include "output_pool.h"
 
 namespace mim_fast {
 namespace {
@@ -99,8 +99,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
   const int64_t D = check_lists(xs, weights, keeps, works, tables, patch_sizes);
   TORCH_CHECK_VALUE(biases.size() == xs.size(), "biases: expected ", xs.size(), " items (one per entry of xs)");
   TORCH_CHECK_VALUE(num_rows >= 0, "num_rows: expected >= 0, got ", num_rows);
-  // Rows no work row names (padding) stay as allocated: zero.
-  at::Tensor out = zeroed_empty({num_rows, D}, xs[0].options());
+  bool out_is_zero = false;
+  at::Tensor out = pooled_empty({num_rows, D}, xs[0].options(), &out_is_zero);
+  // Rows no work row names (padding) must be zero: new memory already is, reused memory is cleared.
+  std::vector<char> covered(out_is_zero ? 0 : static_cast<size_t>(num_rows), 0);
   std::vector<at::Tensor> saved;
   saved.reserve(xs.size());
   const size_t row_bytes = static_cast<size_t>(D) * out.element_size();
@@ -132,8 +134,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
         for (int64_t r = a; r < b; ++r) std::memcpy(op + wc[r * 7 + 4] * row_bytes, rp + r * row_bytes, row_bytes);
       });
     }
+    if (!out_is_zero)
+      for (int64_t r = 0; r < R; ++r) covered[wp[r * 7 + 4]] = 1;
     saved.push_back(save_patches ? all_patches : xs[e].new_empty({0}));
   }
+  if (!out_is_zero)
+    for (int64_t r = 0; r < num_rows; ++r)
+      if (!covered[r]) std::memset(op + r * row_bytes, 0, row_bytes);
   return {out, saved};
 }
 
@@ -157,10 +164,13 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
     const at::Tensor slots = work.select(1, 4);
     const int64_t R = work.size(0), K = weights[e].size(1);
     const bool has_saved = saved[e].numel() > 0;
-    // An entry without rows still gets zero gradients, as in the dense computation.
-    at::Tensor gw = need_weight[e] ? (R ? at::empty({D, K}, weights[e].options()) : zeroed_empty({D, K}, weights[e].options()))
+    // Gradients are outputs of every step: pooled. An entry without rows still gets zero
+    // gradients, as in the dense computation.
+    bool unused = false;
+    at::Tensor gw = need_weight[e] ? (R ? pooled_empty({D, K}, weights[e].options(), &unused)
+                                        : pooled_zeros({D, K}, weights[e].options()))
                                    : xs[e].new_empty({0});
-    at::Tensor gb = need_bias[e] ? (R ? at::empty({D}, weights[e].options()) : zeroed_empty({D}, weights[e].options()))
+    at::Tensor gb = need_bias[e] ? (R ? at::empty({D}, weights[e].options()) : pooled_zeros({D}, weights[e].options()))
                                  : xs[e].new_empty({0});
     if ((need_weight[e] || need_bias[e]) && R > 0) {
       const int64_t chunk = chunk_rows(has_saved ? D : K + D, grad.element_size());

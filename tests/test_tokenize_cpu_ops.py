@@ -3,6 +3,9 @@
 (per-entry embedding loop, chunked through scratch buffers) with its backward."""
 
 import importlib
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -239,7 +242,7 @@ def test_tokenize_rows_backward_gives_zero_gradients_to_entries_without_rows():
 def test_held_bytes_counts_fold_cache_and_scratch(monkeypatch):
     fused_tokenize = importlib.import_module("mim_fast.ops.tokenize")
 
-    fused_tokenize.clear_fold_cache()
+    fused_tokenize.release_memory()
     base = fused_tokenize.held_bytes()
     x, weight, bias = torch.randn(2, 9, 9, 1, 3), torch.randn(6, BASE * BASE * 3), torch.randn(6)
     codes = torch.ones(2, 9, 9, 1, dtype=torch.int64)
@@ -250,7 +253,7 @@ def test_held_bytes_counts_fold_cache_and_scratch(monkeypatch):
     scratch = int(torch.ops.mim_fast.cpu_tokenize_scratch_bytes())
     assert scratch > 0
     assert fused_tokenize.held_bytes() >= base + folded.numel() * folded.element_size() + scratch
-    fused_tokenize.clear_fold_cache()
+    fused_tokenize.release_memory()
     assert len(fused_tokenize._FOLD_CACHE) == 0 and int(torch.ops.mim_fast.cpu_tokenize_scratch_bytes()) == 0
     # the cache is bounded in bytes: with a budget below one folded weight only the newest entry stays
     monkeypatch.setattr(fused_tokenize, "_FOLD_CACHE_BYTES", 1)
@@ -259,3 +262,54 @@ def test_held_bytes_counts_fold_cache_and_scratch(monkeypatch):
             mim_fast.tokenize(x, other, bias, codes, select=1, patch_size=1)
     assert len(fused_tokenize._FOLD_CACHE) == 1
     fused_tokenize.clear_fold_cache()
+
+
+def test_output_pool_reuses_dirty_blocks_and_still_zeroes_padding():
+    """Outputs >= 1 MiB come back from the pool after their tensor dies; reused memory is
+    dirty, so the rows no work row names must be cleared again."""
+    x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 0.5)
+    rows = (1 << 20) // (5 * 4) + 16  # [rows, 5] fp32 outputs of just over 1 MiB: pooled
+    torch.ops.mim_fast.cpu_output_pool_release()
+    out, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [2], rows, False)
+    pointer = out.data_ptr()
+    out.fill_(float("nan"))  # dirty the block
+    del out
+    assert int(torch.ops.mim_fast.cpu_output_pool_idle_bytes()) >= rows * 5 * 4
+    again, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [2], rows, False)
+    assert again.data_ptr() == pointer  # the same block, handed out again
+    assert int(torch.ops.mim_fast.cpu_output_pool_idle_bytes()) == 0
+    want, _ = _rows_expected(x, weight, bias, keep, work, tables, 2, rows)
+    torch.testing.assert_close(again, want, atol=1e-5, rtol=1e-5)  # padding rows zero, no NaN left
+    # zero gradients of entries without rows, from a dirty pooled block, are zero too
+    empty_work = work[:0]
+    big = torch.randn(512, 4096)  # [D, K] gradient of 8 MiB: pooled
+    gw = torch.ops.mim_fast.cpu_tokenize_rows_backward(
+        torch.zeros(rows, 512), [x], [big], [keep], [empty_work], [tables], [2], [torch.empty(0)], [False], [True], [False]
+    )[1]
+    gw.fill_(float("nan"))
+    pointer = gw.data_ptr()
+    del gw
+    gw = torch.ops.mim_fast.cpu_tokenize_rows_backward(
+        torch.zeros(rows, 512), [x], [big], [keep], [empty_work], [tables], [2], [torch.empty(0)], [False], [True], [False]
+    )[1]
+    assert gw.data_ptr() == pointer and torch.equal(gw, torch.zeros_like(big))
+    del again, gw
+    torch.ops.mim_fast.cpu_output_pool_release()
+    assert int(torch.ops.mim_fast.cpu_output_pool_idle_bytes()) == 0
+
+
+def test_output_pool_can_be_disabled():
+    code = (
+        "import torch, mim_fast\n"
+        "b = torch.ops.mim_fast.cpu_output_pool_idle_bytes\n"
+        "from mim_fast.ops.tokenize import tokenize\n"
+        "x = torch.randn(4, 64, 64, 1, 3); w = torch.randn(512, 192); codes = torch.zeros(4, 8, 8, 1, dtype=torch.long)\n"
+        "out = tokenize(x, w, None, codes, select=0, patch_size=8, max_len=128)\n"
+        "del out\n"
+        "print(int(b()))\n"
+    )
+    for setting, pooled in (("1", True), ("0", False)):
+        env = {**os.environ, "MIM_FAST_CPU_OUTPUT_POOL": setting}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (int(result.stdout.strip().splitlines()[-1]) > 0) == pooled

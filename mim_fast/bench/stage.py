@@ -36,6 +36,7 @@ from ..data import MaskedBatch
 from ..data.modalities import get_modality
 from ..mask_value import MaskValue
 from ..nn import MultiModalPatchEmbeddings
+from ..ops.tokenize import release_memory
 
 SHAPES = ((1, 12, 1), (2, 8, 4), (3, 5, 12), (4, 6, 9), (8, 4, 12))
 """(patch size, crop size in tokens hw_p, timesteps T) of the study's sampling table."""
@@ -161,8 +162,8 @@ class StageCase:
     total_tokens: int
     input_elements: int = 0
     weight_elements: int = 0
-    reset: object = None
-    """Drops the online weights' gradients, so that a memory profile starts from none."""
+    reset: dict = None
+    """Per path: frees what a previous call left behind (gradients, the fused path's caches)."""
 
 
 def _params(module: MultiModalPatchEmbeddings) -> dict:
@@ -235,7 +236,8 @@ def build_case(
         {"fused": fused, "eager": eager_step(eager_tokens), "compiled": eager_step(compiled)},
         flops, counts["online"], counts["target"], counts["total"],
         sum(getattr(batch, m).numel() for m in MODALITIES), sum(w.numel() for w, _ in online_params.values()),
-        lambda: online.zero_grad(set_to_none=True),
+        {"fused": lambda: (online.zero_grad(set_to_none=True), release_memory()),
+         "eager": lambda: online.zero_grad(set_to_none=True)},
     )  # fmt: skip
 
 
@@ -247,15 +249,15 @@ def gemm_rate(repeats: int = 11) -> float:
     return 2.0 * 4096 * 768 * 768 / median_seconds(lambda: a @ b, repeats=repeats)
 
 
-def peak_memory_bytes(fn, reset=None, held=None) -> int:
+def peak_memory_bytes(fn, reset=None) -> int:
     """Peak of the bytes held by tensors ``fn()`` allocates, above what was allocated before it.
 
     Read from the profiler's memory events (every CPU tensor allocation and release, in
     order); released memory retained by the C allocator does not hide it, unlike the
     process's resident-set high-water mark. ``fn`` is run once before, to warm up; then
-    ``reset()`` (if given) frees what that run left behind (gradients), so that releases of
-    memory allocated before the profile cannot lower its baseline. ``held()`` (if given) is
-    memory the path keeps between calls (caches, scratch), added to the peak.
+    ``reset()`` (if given) frees what that run left behind: gradients, so that releases of
+    memory allocated before the profile cannot lower its baseline, and caches a path keeps
+    between calls, so that the profiled call allocates them again and they are counted.
     """
     fn()
     if reset is not None:
@@ -267,7 +269,7 @@ def peak_memory_bytes(fn, reset=None, held=None) -> int:
     for event in sorted(events, key=lambda e: e.start_ns()):
         held_now = held_now + event.nbytes()
         peak = max(peak, held_now)
-    return peak + (held() if held is not None else 0)
+    return peak
 
 
 def geometric_mean(values) -> float:

@@ -8,7 +8,6 @@ import time
 import torch
 
 from .. import __version__
-from ..ops.tokenize import clear_fold_cache, held_bytes
 from .stage import SHAPES, build_case, gemm_rate, geometric_mean, peak_memory_bytes
 from .timing import interleaved_medians
 
@@ -30,11 +29,7 @@ def measure_case(patch, hw_p, time_steps, batch_size, *, paths, repeats, memory,
         if other != "fused":
             row[f"speedup_vs_{other}"] = medians[other] / medians["fused"]
     if memory:
-        clear_fold_cache()  # held memory of this shape only, not of the shapes measured before
-        peaks = {
-            "fused": peak_memory_bytes(case.paths["fused"], case.reset, held_bytes),
-            "eager": peak_memory_bytes(case.paths["eager"], case.reset),
-        }
+        peaks = {name: peak_memory_bytes(case.paths[name], case.reset[name]) for name in ("fused", "eager")}
         row["peak_memory_bytes"] = peaks
         row["peak_memory_ratio"] = peaks["fused"] / max(peaks["eager"], 1)
     return row

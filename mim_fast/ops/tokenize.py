@@ -146,22 +146,30 @@ def _cache_bytes(tensors) -> int:
 
 
 def clear_fold_cache() -> None:
-    """Forget every cached folded weight (see :func:`_cached_fold`) and free the CPU scratch."""
+    """Forget every cached folded weight (see :func:`_cached_fold`)."""
     _FOLD_CACHE.clear()
-    if backends.status("cpp").available:
-        torch.ops.mim_fast.cpu_tokenize_release_scratch()
 
 
 def held_bytes() -> int:
-    """Bytes the fused tokenizer keeps between calls (on the calling thread, for the scratch).
+    """Bytes the fused tokenizer keeps between calls.
 
-    Cached folded weights and interior resize tables, and the CPU kernels' scratch buffers:
-    memory that a per-call allocation profile does not see, added to it by the benchmarks.
+    Cached folded weights and interior resize tables; on CPU with the extension also the
+    calling thread's scratch and the idle blocks of the output pool (freed outputs kept for
+    reuse, see ``csrc/output_pool.h``).
     """
     total = _cache_bytes([entry[2] for entry in _FOLD_CACHE.values()] + list(_KRON_CACHE.values()))
     if backends.status("cpp").available:
         total += int(torch.ops.mim_fast.cpu_tokenize_scratch_bytes())
+        total += int(torch.ops.mim_fast.cpu_output_pool_idle_bytes())
     return total
+
+
+def release_memory() -> None:
+    """Free everything :func:`held_bytes` counts (it is rebuilt on the next calls)."""
+    clear_fold_cache()
+    if backends.status("cpp").available:
+        torch.ops.mim_fast.cpu_tokenize_release_scratch()
+        torch.ops.mim_fast.cpu_output_pool_release()
 
 
 @functools.lru_cache(maxsize=64)

@@ -298,7 +298,7 @@ def test_output_pool_reuses_dirty_blocks_and_still_zeroes_padding():
     assert int(torch.ops.mim_fast.cpu_output_pool_idle_bytes()) == 0
 
 
-def test_output_pool_can_be_disabled():
+def test_output_pool_can_be_disabled(tmp_path):
     code = (
         "import torch, mim_fast\n"
         "b = torch.ops.mim_fast.cpu_output_pool_idle_bytes\n"
@@ -310,6 +310,9 @@ def test_output_pool_can_be_disabled():
     )
     for setting, pooled in (("1", True), ("0", False)):
         env = {**os.environ, "MIM_FAST_CPU_OUTPUT_POOL": setting}
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        # Run outside the source tree: the installed package (with its compiled extension) is imported.
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert (int(result.stdout.strip().splitlines()[-1]) > 0) == pooled

@@ -6,7 +6,6 @@ import importlib
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,10 +53,9 @@ def _expected_layout(chosen, max_len, grids, band_sets, classes, plans):
 
 def _actual_layout(chosen, max_len, grids, band_sets, classes, plans):
     offsets, strides, _ = _entries(grids, band_sets)
-    entries = [SimpleNamespace(offset=o, stride=s) for o, s in zip(offsets, strides)]
     entry_grids = [grid for grid, n_sets in zip(grids, band_sets) for _ in range(n_sets)]
-    prepared = [(None, None, grid, rc, cc, None) for grid, (rc, cc) in zip(entry_grids, classes)]
-    return cpp_work_lists(chosen, max_len, entries, prepared, plans)
+    row_classes, col_classes = zip(*classes)
+    return cpp_work_lists(chosen, max_len, offsets, strides, entry_grids, row_classes, col_classes, plans)
 
 
 @settings(max_examples=40, deadline=None)

@@ -82,14 +82,15 @@ def work_rows(
     return torch.stack((sample, i, j, t, slot, row_class[i], col_class[j]), dim=1)
 
 
-def cpp_work_lists(chosen: torch.Tensor, max_len: int | None, entries, prepared, plans):
+def cpp_work_lists(chosen: torch.Tensor, max_len: int | None, offsets, strides, grids, row_classes, col_classes, plans):
     """:func:`packed_layout` and every entry's :func:`work_rows` in one call of the CPU extension.
 
     Args:
         chosen: ``[B, N]`` bool selection over the global sequence (CPU).
         max_len: packed length (None: the longest sample).
-        entries: the :class:`~mim_fast.ops.tokenize.TokenEntry` list (offsets and strides).
-        prepared: per entry ``(x, p, grid, row_class, col_class, tables)``.
+        offsets, strides: per entry, token ``n`` is global position ``offset + n * stride``.
+        grids: per entry the token grid ``(h, w, T)``.
+        row_classes, col_classes: per entry the window class of every token row / column.
         plans: per entry the interior split to make (an object with ``row_class``,
             ``col_class`` and ``min_rows``) or None.
 
@@ -98,15 +99,12 @@ def cpp_work_lists(chosen: torch.Tensor, max_len: int | None, entries, prepared,
         interior work or None)``: the exact work rows of entry ``e``, with the interior rows
         moved to the second list (classes zeroed) when the plan's threshold is passed.
     """
-    offsets = [entry.offset for entry in entries]
-    strides = [entry.stride for entry in entries]
-    grids = [size for _, _, grid, _, _, _ in prepared for size in grid]
     split = []
     for plan in plans:
         split += [-1, -1, 0] if plan is None else [plan.row_class, plan.col_class, plan.min_rows]
     indices, seqlens, mask, works = torch.ops.mim_fast.cpu_token_layout(
-        chosen, -1 if max_len is None else max_len, offsets, strides, grids,
-        [p[3] for p in prepared], [p[4] for p in prepared], split,
+        chosen, -1 if max_len is None else max_len, list(offsets), list(strides),
+        [size for grid in grids for size in grid], list(row_classes), list(col_classes), split,
     )  # fmt: skip
-    lists = [(works[2 * e], works[2 * e + 1] if works[2 * e + 1].shape[0] else None) for e in range(len(entries))]
+    lists = [(works[2 * e], works[2 * e + 1] if works[2 * e + 1].shape[0] else None) for e in range(len(plans))]
     return indices, seqlens, mask, lists

@@ -380,7 +380,11 @@ def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int
     plans = [None if padded else _fold_plan(x, e.weight, table, p) for e, (x, p, _, _, _, table) in zip(entries, prepared)]
     if name == "cpp" and not padded:
         # One call builds the layout and every work list (and the interior splits).
-        indices, seqlens, mask, lists = cpp_work_lists(chosen, max_len, entries, prepared, plans)
+        _, _, grids, row_classes, col_classes, _ = zip(*prepared)
+        offsets, strides = [e.offset for e in entries], [e.stride for e in entries]
+        indices, seqlens, mask, lists = cpp_work_lists(
+            chosen, max_len, offsets, strides, grids, row_classes, col_classes, plans
+        )
     else:
         indices, seqlens, mask, row_of = packed_layout(chosen, max_len)
         lists = []

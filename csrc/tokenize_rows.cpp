@@ -31,8 +31,8 @@
 #include <vector>
 
 #include "checks.h"
-#include "tokenize.h"
 #include "output_pool.h"
+#include "tokenize.h"
 
 namespace mim_fast {
 namespace {

@@ -265,10 +265,10 @@ def peak_memory_bytes(fn, reset=None) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    held_now = peak = 0
+    held = peak = 0
     for event in sorted(events, key=lambda e: e.start_ns()):
-        held_now = held_now + event.nbytes()
-        peak = max(peak, held_now)
+        held += event.nbytes()
+        peak = max(peak, held)
     return peak
 
 

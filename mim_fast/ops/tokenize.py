@@ -60,7 +60,8 @@ class _FoldPlan:
 def _fold_plan(x, weight, table, patch) -> "_FoldPlan | None":
     """Whether interior tokens of an entry may use the folded weight (see ``_FOLD_COST_FACTOR``).
 
-    Fixed-size (accelerator) work lists never fold: the split reads the work list on the host.
+    Callers skip it for fixed-size (accelerator) work lists: the split reads the work list on
+    the host.
     """
     base, window = table.shape[2], table.shape[3]
     if patch == base or window * window >= base * base:

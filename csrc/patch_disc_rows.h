@@ -16,15 +16,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <string>
+
+#include "simd.h"
 
 namespace mim_fast {
 namespace {
 
 constexpr double kNormEps = 1e-12;  // F.normalize's default eps
-
-// Inlined into each ISA's copy of the row passes (see RowKernels).
-#define MIM_FAST_INLINE __attribute__((always_inline)) inline
 
 // The scalar templates below are the float64 path (tests, gradcheck); float runs the
 // 8-wide vector versions further down, so these stay plain loops.
@@ -176,16 +174,6 @@ MIM_FAST_INLINE scalar_t log_sum_exp_rows(const scalar_t* rows, int64_t c) {
 // Float versions of the passes on 8-wide GCC vectors: the compiler does not vectorise the
 // scalar templates' exp and select loops well. Vector + scalar broadcasts the scalar;
 // comparisons give lane masks usable in ?:. Tails (c % 8) reuse the scalar code.
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-
-MIM_FAST_INLINE f32x8 load8(const float* p) {
-  f32x8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-MIM_FAST_INLINE void store8(float* p, f32x8 v) { std::memcpy(p, &v, sizeof(v)); }
-MIM_FAST_INLINE f32x8 splat8(float x) { return f32x8{} + x; }
 MIM_FAST_INLINE float hsum8(f32x8 v) {
   float lanes[8];
   std::memcpy(lanes, &v, sizeof(v));
@@ -416,13 +404,7 @@ RowKernels<float> row_kernels<float>() {
   RowKernels<float> k;
   MIM_FAST_SET_FLOAT_PASSES(k, baseline)
 #if defined(__GNUC__) && defined(__x86_64__)
-  // MIM_FAST_CPU_BASELINE=1 keeps the baseline copy (lets the tests cover it on AVX2 machines).
-  static const bool baseline = [] {
-    const char* env = std::getenv("MIM_FAST_CPU_BASELINE");
-    return env != nullptr && std::string(env) == "1";
-  }();
-  static const bool avx2 = !baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2) {
+  if (use_avx2_fma()) {
     MIM_FAST_SET_FLOAT_PASSES(k, avx2)
   }
 #endif
@@ -451,8 +433,7 @@ inline void call_sgemm(FortranSgemm fn, int64_t m, int64_t n, int64_t k, const f
 
 inline FortranSgemm direct_sgemm() {
   static const FortranSgemm fn = []() -> FortranSgemm {
-    const char* env = std::getenv("MIM_FAST_CPU_BASELINE");
-    if (env != nullptr && std::string(env) == "1") return nullptr;
+    if (force_baseline_isa()) return nullptr;
     auto found = reinterpret_cast<FortranSgemm>(dlsym(RTLD_DEFAULT, "sgemm_"));
     if (found == nullptr) return nullptr;
     // A [3, 2] x B [2, 2]^T, row-major, padded leading dimensions.

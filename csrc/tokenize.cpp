@@ -27,10 +27,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "checks.h"
+#include "simd.h"
+#include "token_patch_rows.h"
 #include "tokenize.h"
 
 namespace mim_fast {
@@ -108,91 +111,56 @@ std::vector<std::pair<int64_t, int64_t>> tap_ranges(const acc_t* tables, const R
   return taps;
 }
 
-// dst[k] = sum_{v in [v_lo, v_hi)} e[v] * src[v * pixel_stride + k] for k < N.
-template <int N, typename scalar_t, typename acc_t>
-inline void column_block(acc_t* __restrict dst, const scalar_t* __restrict src, const acc_t* __restrict e,
-                         int64_t v_lo, int64_t v_hi, int64_t pixel_stride) {
-  acc_t a[N] = {};
-  for (int64_t v = v_lo; v < v_hi; ++v) {
-    const acc_t w = e[v];
-    const scalar_t* s = src + v * pixel_stride;
-#pragma GCC unroll 8
-    for (int k = 0; k < N; ++k) a[k] += w * static_cast<acc_t>(s[k]);
-  }
-#pragma GCC unroll 8
-  for (int k = 0; k < N; ++k) dst[k] = a[k];
+// Per-ISA copies of the float row builder (the hot path); other dtypes use the template as is.
+void build_float_rows_baseline(const float* x, float* out, const RowBuild<float>& g, int64_t r0, int64_t r1,
+                               float* cols, float* kf) {
+  build_row_range<4>(x, out, g, r0, r1, cols, kf);
+}
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void build_float_rows_avx2(const float* x, float* out, const RowBuild<float>& g,
+                                                               int64_t r0, int64_t r1, float* cols, float* kf) {
+  build_row_range<8>(x, out, g, r0, r1, cols, kf);
+}
+#endif
+
+using FloatRowBuilder = void (*)(const float*, float*, const RowBuild<float>&, int64_t, int64_t, float*, float*);
+
+FloatRowBuilder float_row_builder() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (use_avx2_fma()) return &build_float_rows_avx2;
+#endif
+  return &build_float_rows_baseline;
 }
 
 template <typename scalar_t, typename acc_t>
 void build_rows(const scalar_t* x, const bool* keep, const int64_t* work, const acc_t* tables, scalar_t* out,
                 const Rows& g) {
-  const int64_t PC = g.P * g.C;
-  const acc_t* row_tab = tables;
-  const acc_t* col_tab = tables + g.n_classes * g.P * g.win;
   const auto taps = tap_ranges(tables, g);
-  const auto* row_taps = taps.data();
-  const auto* col_taps = taps.data() + g.n_classes * g.P;
-  at::parallel_for(0, g.R, 1, [&](int64_t r0, int64_t r1) {
-    // Column pass first: cols[u, (q2 c)] for every window row u. The row pass then runs
-    // over contiguous (q2 c) runs of length P*C, which vectorise, instead of runs of C.
-    std::vector<acc_t> cols(g.win * PC);
-    std::vector<acc_t> sums(PC);
-    std::vector<acc_t> kf(PC);  // keep[b, c] tiled over q2
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t* wr = work + r * 7;
-      const int64_t b = wr[0], i = wr[1], j = wr[2], t = wr[3], slot = wr[4];
-      scalar_t* dst = out + r * g.K;
-      if (slot < 0) {
-        std::fill(dst, dst + g.K, scalar_t(0));
-        continue;
-      }
-      for (int64_t k = 0; k < PC; ++k) kf[k] = (keep == nullptr || keep[b * g.C + k % g.C]) ? acc_t(1) : acc_t(0);
-      if (g.p == g.P) {
-        for (int64_t q1 = 0; q1 < g.P; ++q1)
-          for (int64_t q2 = 0; q2 < g.P; ++q2) {
-            const scalar_t* src = x + (((b * g.H + i * g.P + q1) * g.W + j * g.P + q2) * g.T + t) * g.C;
-            scalar_t* d = dst + (q1 * g.P + q2) * g.C;
-            for (int64_t c = 0; c < g.C; ++c) d[c] = keep == nullptr ? src[c] : src[c] * static_cast<scalar_t>(kf[c]);
-          }
-        continue;
-      }
-      const int64_t rc = wr[5], cc = wr[6];
-      const acc_t* rw = row_tab + rc * g.P * g.win;
-      const acc_t* cw = col_tab + cc * g.P * g.win;
-      const auto* rt = row_taps + rc * g.P;
-      const auto* ct = col_taps + cc * g.P;
-      const int64_t top = i * g.p - g.margin, left = j * g.p - g.margin;
-      int64_t u_lo = g.win, u_hi = 0;
-      for (int64_t q1 = 0; q1 < g.P; ++q1) {
-        u_lo = std::min(u_lo, rt[q1].first);
-        u_hi = std::max(u_hi, rt[q1].second);
-      }
-      for (int64_t u = u_lo; u < u_hi; ++u) {
-        const scalar_t* src = x + (((b * g.H + top + u) * g.W + left) * g.T + t) * g.C;
-        acc_t* cu = cols.data() + u * PC;
-        for (int64_t q2 = 0; q2 < g.P; ++q2) {
-          const int64_t v_lo = ct[q2].first, v_hi = ct[q2].second;
-          const acc_t* e = cw + q2 * g.win;
-          acc_t* c2 = cu + q2 * g.C;
-          // Fixed-width channel blocks so the short channel loops unroll and vectorise.
-          int64_t c = 0;
-          for (; c + 8 <= g.C; c += 8) column_block<8>(c2 + c, src + c, e, v_lo, v_hi, g.T * g.C);
-          for (; c + 4 <= g.C; c += 4) column_block<4>(c2 + c, src + c, e, v_lo, v_hi, g.T * g.C);
-          for (; c < g.C; ++c) column_block<1>(c2 + c, src + c, e, v_lo, v_hi, g.T * g.C);
-        }
-      }
-      for (int64_t q1 = 0; q1 < g.P; ++q1) {
-        acc_t* acc = sums.data();
-        for (int64_t k = 0; k < PC; ++k) acc[k] = acc_t(0);
-        for (int64_t u = rt[q1].first; u < rt[q1].second; ++u) {
-          const acc_t a = rw[q1 * g.win + u];
-          const acc_t* cu = cols.data() + u * PC;
-          for (int64_t k = 0; k < PC; ++k) acc[k] += a * cu[k];
-        }
-        scalar_t* d = dst + q1 * PC;
-        for (int64_t k = 0; k < PC; ++k) d[k] = static_cast<scalar_t>(acc[k] * kf[k]);
-      }
+  // Union of the taps of each class, and the column tables transposed to [class, v, q2].
+  std::vector<std::pair<int64_t, int64_t>> spans(2 * g.n_classes);
+  for (int64_t k = 0; k < 2 * g.n_classes; ++k) {
+    int64_t lo = g.win, hi = 0;
+    for (int64_t q = 0; q < g.P; ++q) {
+      lo = std::min(lo, taps[k * g.P + q].first);
+      hi = std::max(hi, taps[k * g.P + q].second);
     }
+    spans[k] = {std::min(lo, hi), hi};
+  }
+  const acc_t* col_tab = tables + g.n_classes * g.P * g.win;
+  std::vector<acc_t> col_t(static_cast<size_t>(g.n_classes * g.win * g.P));
+  for (int64_t c = 0; c < g.n_classes; ++c)
+    for (int64_t q = 0; q < g.P; ++q)
+      for (int64_t v = 0; v < g.win; ++v) col_t[(c * g.win + v) * g.P + q] = col_tab[(c * g.P + q) * g.win + v];
+  RowBuild<acc_t> rb{g.H, g.W, g.T, g.C, g.p, g.P, g.win, g.margin, g.n_classes, g.K, keep, work, tables, col_tab,
+                     col_t.data(), taps.data(), taps.data() + g.n_classes * g.P, spans.data(),
+                     spans.data() + g.n_classes};
+  at::parallel_for(0, g.R, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> cols(static_cast<size_t>(g.win * g.P * g.C));
+    std::vector<acc_t> kf(static_cast<size_t>(g.P * g.C));
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>)
+      float_row_builder()(x, out, rb, r0, r1, cols.data(), kf.data());
+    else
+      build_row_range<4>(x, out, rb, r0, r1, cols.data(), kf.data());
   });
 }
 

@@ -116,7 +116,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
     const int64_t R = work.size(0), K = weights[e].size(1);
     TORCH_CHECK_VALUE(tables[e].dim() == 4 && tables[e].size(2) * tables[e].size(2) * xs[e].size(-1) == K,
                       "weights: entry ", e, " has ", K, " input features, expected P * P * C of its tables and x");
-    at::Tensor all_patches = save_patches ? at::empty({R, K}, xs[e].options()) : at::Tensor();
+    // Saved patches live until the backward of the same step: pooled like the outputs.
+    bool unused = false;
+    at::Tensor all_patches = save_patches ? pooled_empty({R, K}, xs[e].options(), &unused) : at::Tensor();
     const int64_t chunk = chunk_rows(K + D, out.element_size());
     const int64_t* wp = work.data_ptr<int64_t>();
     for (int64_t r0 = 0; r0 < R; r0 += chunk) {

@@ -314,6 +314,9 @@ def _(grad, xs, weights, keeps, works, tables, patch_sizes, saved_patches, need_
 def _setup_context(ctx, inputs, output):
     xs, weights, biases, keeps, works, tables, patch_sizes, _, _ = inputs
     _, saved = output
+    # The saved patches are outputs only so that backward can reuse them: without this,
+    # autograd would build an all-zero [R, K] gradient for each of them every step.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(*xs, *weights, *keeps, *works, *tables, *saved)
     ctx.has_bias = [_present(b) is not None for b in biases]
     ctx.patch_sizes = list(patch_sizes)
@@ -321,6 +324,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad, _grad_saved):
     n = len(ctx.patch_sizes)
+    if grad is None:  # the tokens did not reach the loss
+        nothing = [None] * n
+        return nothing, nothing, nothing, nothing, nothing, nothing, None, None, None
     stored = ctx.saved_tensors
     xs, weights, keeps, works, tables, saved = (list(stored[k * n : (k + 1) * n]) for k in range(6))
     need_x, need_w, need_b = ctx.needs_input_grad[:3]

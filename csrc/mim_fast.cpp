@@ -42,6 +42,9 @@ TORCH_LIBRARY(mim_fast, m) {
   m.def(
       "cpu_token_patches_backward(Tensor grad_patches, int[] x_shape, Tensor? keep, Tensor work, Tensor tables, "
       "int patch_size) -> Tensor");
+  // fold_weight.cpp
+  m.def("cpu_fold_weight(Tensor weight, Tensor row_w, Tensor col_w) -> Tensor");
+  m.def("cpu_unfold_weight(Tensor grad_folded, Tensor row_w, Tensor col_w) -> Tensor");
   // token_layout.cpp
   m.def(
       "cpu_token_layout(Tensor chosen, int max_len, int[] offsets, int[] strides, int[] grids, Tensor[] row_classes, "
@@ -49,11 +52,11 @@ TORCH_LIBRARY(mim_fast, m) {
   // tokenize_rows.cpp
   m.def(
       "cpu_tokenize_rows(Tensor[] xs, Tensor[] weights, Tensor[] biases, Tensor[] keeps, Tensor[] works, "
-      "Tensor[] tables, int[] patch_sizes, int num_rows, bool save_patches) -> (Tensor, Tensor[])");
+      "Tensor[] tables, Tensor[] folds, int[] patch_sizes, int num_rows, bool save_patches) -> (Tensor, Tensor[])");
   m.def(
       "cpu_tokenize_rows_backward(Tensor grad, Tensor[] xs, Tensor[] weights, Tensor[] keeps, Tensor[] works, "
-      "Tensor[] tables, int[] patch_sizes, Tensor[] saved, bool[] need_x, bool[] need_weight, bool[] need_bias) "
-      "-> Tensor[]");
+      "Tensor[] tables, Tensor[] folds, int[] patch_sizes, Tensor[] saved, bool[] need_x, bool[] need_weight, "
+      "bool[] need_bias) -> Tensor[]");
   m.def("cpu_tokenize_scratch_bytes() -> int", &mim_fast::tokenize_scratch_bytes);
   m.def("cpu_tokenize_release_scratch() -> ()", &mim_fast::tokenize_release_scratch);
   // output_pool.cpp

@@ -90,11 +90,12 @@ MIM_FAST_INLINE void tap_run(out_t* dst, const in_t* src, int64_t stride, const 
 // cols[q2 * C + c] = sum_v CW[q2, v] * src[v * pixel_stride + c] for one window row, C >= 4.
 template <int kLanes, typename scalar_t, typename acc_t>
 MIM_FAST_INLINE void column_pass_wide(acc_t* cols, const scalar_t* src, int64_t pixel_stride,
-                                           const RowBuild<acc_t>& g, int64_t cc) {
+                                      const RowBuild<acc_t>& g, int64_t cc, int64_t v_min, int64_t v_max) {
   const acc_t* cw = g.col_tab + cc * g.P * g.win;
   const auto* taps = g.col_taps + cc * g.P;
   for (int64_t q2 = 0; q2 < g.P; ++q2)
-    tap_run<kLanes, false>(cols + q2 * g.C, src, pixel_stride, cw + q2 * g.win, taps[q2].first, taps[q2].second,
+    tap_run<kLanes, false>(cols + q2 * g.C, src, pixel_stride, cw + q2 * g.win, std::max(taps[q2].first, v_min),
+                           std::min(taps[q2].second, v_max),
                    static_cast<const acc_t*>(nullptr), g.C);
 }
 
@@ -102,9 +103,9 @@ MIM_FAST_INLINE void column_pass_wide(acc_t* cols, const scalar_t* src, int64_t 
 // (cols[:, c] += CW[:, v] * src[v, c]); taps outside a row's range have zero weight.
 template <int kLanes, typename scalar_t, typename acc_t>
 MIM_FAST_INLINE void column_pass_narrow(acc_t* cols, const scalar_t* src, int64_t pixel_stride,
-                                        const RowBuild<acc_t>& g, int64_t cc) {
+                                        const RowBuild<acc_t>& g, int64_t cc, int64_t v_min, int64_t v_max) {
   const acc_t* cwt = g.col_tab_t + cc * g.win * g.P;
-  const int64_t v_lo = g.col_span[cc].first, v_hi = g.col_span[cc].second;
+  const int64_t v_lo = std::max(g.col_span[cc].first, v_min), v_hi = std::min(g.col_span[cc].second, v_max);
   for (int64_t c = 0; c < g.C; ++c) {
     if constexpr (std::is_same_v<acc_t, float>) {
       if (g.P == 8) {
@@ -166,19 +167,24 @@ MIM_FAST_INLINE void resize_row(scalar_t* dst, const scalar_t* x, const int64_t*
   const int64_t b = wr[0], i = wr[1], j = wr[2], t = wr[3], rc = wr[5], cc = wr[6];
   const int64_t PC = g.P * g.C, pixel_stride = g.T * g.C;
   const int64_t top = i * g.p - g.margin, left = j * g.p - g.margin;
-  const int64_t u_lo = g.row_span[rc].first, u_hi = g.row_span[rc].second;
+  // Window pixels outside the image are zero. Resize tables give them zero weight already;
+  // clipping here also keeps tables that do not (identity tables of raw windows) inside it.
+  const int64_t v_min = std::max<int64_t>(0, -left), v_max = std::min(g.win, g.W - left);
+  const int64_t u_min = std::max<int64_t>(0, -top), u_max = std::min(g.win, g.H - top);
+  const int64_t u_lo = std::max(g.row_span[rc].first, u_min), u_hi = std::min(g.row_span[rc].second, u_max);
   for (int64_t u = u_lo; u < u_hi; ++u) {
     const scalar_t* src = x + (((b * g.H + top + u) * g.W + left) * g.T + t) * g.C;
     acc_t* cu = cols + u * PC;
     if (g.C >= 4 || g.P > 64)
-      column_pass_wide<kLanes>(cu, src, pixel_stride, g, cc);
+      column_pass_wide<kLanes>(cu, src, pixel_stride, g, cc, v_min, v_max);
     else
-      column_pass_narrow<kLanes>(cu, src, pixel_stride, g, cc);
+      column_pass_narrow<kLanes>(cu, src, pixel_stride, g, cc, v_min, v_max);
   }
   const acc_t* rw = g.row_tab + rc * g.P * g.win;
   const auto* taps = g.row_taps + rc * g.P;
   for (int64_t q1 = 0; q1 < g.P; ++q1)
-    tap_run<kLanes, true>(dst + q1 * PC, cols, PC, rw + q1 * g.win, taps[q1].first, taps[q1].second, kf, PC);
+    tap_run<kLanes, true>(dst + q1 * PC, cols, PC, rw + q1 * g.win, std::max(taps[q1].first, u_lo),
+                          std::min(taps[q1].second, u_hi), kf, PC);
 }
 
 // Patches of work rows [r0, r1) into out [R, K]; cols [win * P * C] and kf [P * C] are scratch.

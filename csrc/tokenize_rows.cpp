@@ -1,16 +1,20 @@
 // tokenize_rows.cpp - the fused tokenizer's embedding of exact work lists on CPU, all entries in one call.
 //
 //   cpu_tokenize_rows(xs[E], weights[E] [D, K_e], biases[E], keeps[E], works[E] [R_e, 7], tables[E],
-//                     patch_sizes[E], num_rows, save_patches) -> (out [num_rows, D], saved[E])
-//       per entry: A = token_patches(x, keep, work, tables, p)           [R_e, K_e]
-//                  out[work[r, 4]] = A[r] @ weight^T + bias              (rows no work row names are zero)
+//                     folds[E], patch_sizes[E], num_rows, save_patches) -> (out [num_rows, D], saved[E])
+//       per entry: W = weight, or fold_weight(weight, folds[e][0], folds[e][1]) when folds[e] is a
+//                      [2, P, w] pair of resize tables (the entry's rows are then raw w x w windows)
+//                  A = token_patches(x, keep, work, tables, p)           [R_e, K_e]
+//                  out[work[r, 4]] = A[r] @ W^T + bias                   (rows no work row names are zero)
 //       saved[e] = A when save_patches (kept for the weight gradient), else an empty tensor.
-//   cpu_tokenize_rows_backward(grad [num_rows, D], xs, weights, keeps, works, tables, patch_sizes, saved,
+//   cpu_tokenize_rows_backward(grad [num_rows, D], xs, weights, keeps, works, tables, folds, patch_sizes, saved,
 //                              need_x[E], need_weight[E], need_bias[E]) -> [grad_x[E]] + [grad_w[E]] + [grad_b[E]]
-//       G = grad[work[:, 4]]; grad_w = G^T A; grad_b = sum_r G[r]; grad_x = token_patches_backward(G @ weight)
-//       (an empty tensor where a gradient was not asked for).
+//       G = grad[work[:, 4]]; grad_w = G^T A (unfolded for a folded entry); grad_b = sum_r G[r];
+//       grad_x = token_patches_backward(G @ W) (an empty tensor where a gradient was not asked for).
 //
-// An empty bias / keep tensor means "none". Slots must be >= 0 (exact lists, no padding rows).
+// An empty bias / keep / folds tensor means "none". Slots must be >= 0 (exact lists, no padding rows).
+// Folding here is for weights being trained (folded again every call, gradient unfolded); a frozen
+// weight is folded once by the caller and passed as it is.
 // This is the per-entry loop of mim_fast/ops/tokenize.py moved out of Python (at small batch sizes the
 // Python-side dispatch of a few small ops per entry cost as much as the work itself), with one change:
 // rows go through the GEMMs in chunks whose temporaries (patches that are not saved, GEMM outputs,
@@ -31,6 +35,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "fold_weight.h"
 #include "output_pool.h"
 #include "tokenize.h"
 
@@ -63,12 +68,13 @@ std::optional<at::Tensor> present(const at::Tensor& t) {
 }
 
 int64_t check_lists(at::TensorList xs, at::TensorList weights, at::TensorList keeps, at::TensorList works,
-                    at::TensorList tables, at::IntArrayRef patch_sizes) {
+                    at::TensorList tables, at::TensorList folds, at::IntArrayRef patch_sizes) {
   const size_t E = xs.size();
   TORCH_CHECK_VALUE(E >= 1, "xs: expected at least one entry");
   TORCH_CHECK_VALUE(weights.size() == E && keeps.size() == E && works.size() == E && tables.size() == E &&
-                        patch_sizes.size() == E,
-                    "weights, keeps, works, tables, patch_sizes: expected ", E, " items each (one per entry of xs)");
+                        folds.size() == E && patch_sizes.size() == E,
+                    "weights, keeps, works, tables, folds, patch_sizes: expected ", E,
+                    " items each (one per entry of xs)");
   const int64_t D = weights[0].dim() == 2 ? weights[0].size(0) : -1;
   for (size_t e = 0; e < E; ++e) {
     checks::cpu(weights[e], "weights");
@@ -78,8 +84,17 @@ int64_t check_lists(at::TensorList xs, at::TensorList weights, at::TensorList ke
     checks::same_dtype(weights[e], xs[e], "weights", "xs");
     checks::cpu(works[e], "works");
     checks::dtype(works[e], at::kLong, "works");
+    if (folds[e].numel()) {
+      checks::rank(folds[e], 3, "folds", "[2, P, w] (row and column resize weights)");
+      TORCH_CHECK_VALUE(folds[e].size(0) == 2, "folds: entry ", e, " expected shape [2, P, w], got ", folds[e].sizes());
+    }
   }
   return D;
+}
+
+// The weight entry e's rows are projected with: folded when folds[e] is given.
+at::Tensor used_weight(const at::Tensor& weight, const at::Tensor& fold) {
+  return fold.numel() ? fold_weight(weight, fold[0], fold[1]) : weight;
 }
 
 void check_slots(const at::Tensor& work, int64_t num_rows, size_t entry) {
@@ -94,9 +109,9 @@ void check_slots(const at::Tensor& work, int64_t num_rows, size_t entry) {
 std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs, at::TensorList weights,
                                                               at::TensorList biases, at::TensorList keeps,
                                                               at::TensorList works, at::TensorList tables,
-                                                              at::IntArrayRef patch_sizes, int64_t num_rows,
-                                                              bool save_patches) {
-  const int64_t D = check_lists(xs, weights, keeps, works, tables, patch_sizes);
+                                                              at::TensorList folds, at::IntArrayRef patch_sizes,
+                                                              int64_t num_rows, bool save_patches) {
+  const int64_t D = check_lists(xs, weights, keeps, works, tables, folds, patch_sizes);
   TORCH_CHECK_VALUE(biases.size() == xs.size(), "biases: expected ", xs.size(), " items (one per entry of xs)");
   TORCH_CHECK_VALUE(num_rows >= 0, "num_rows: expected >= 0, got ", num_rows);
   bool out_is_zero = false;
@@ -112,8 +127,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
     check_slots(work, num_rows, e);
     const auto keep = present(keeps[e]);
     const auto bias = present(biases[e]);
-    const at::Tensor weight_t = weights[e].t();
-    const int64_t R = work.size(0), K = weights[e].size(1);
+    const at::Tensor weight_t = used_weight(weights[e], folds[e]).t();
+    const int64_t R = work.size(0), K = weight_t.size(0);
     TORCH_CHECK_VALUE(tables[e].dim() == 4 && tables[e].size(2) * tables[e].size(2) * xs[e].size(-1) == K,
                       "weights: entry ", e, " has ", K, " input features, expected P * P * C of its tables and x");
     // Saved patches live until the backward of the same step: pooled like the outputs.
@@ -148,10 +163,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
 
 std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::TensorList xs, at::TensorList weights,
                                                at::TensorList keeps, at::TensorList works, at::TensorList tables,
-                                               at::IntArrayRef patch_sizes, at::TensorList saved,
-                                               const c10::List<bool>& need_x, const c10::List<bool>& need_weight,
-                                               const c10::List<bool>& need_bias) {
-  const int64_t D = check_lists(xs, weights, keeps, works, tables, patch_sizes);
+                                               at::TensorList folds, at::IntArrayRef patch_sizes,
+                                               at::TensorList saved, const c10::List<bool>& need_x,
+                                               const c10::List<bool>& need_weight, const c10::List<bool>& need_bias) {
+  const int64_t D = check_lists(xs, weights, keeps, works, tables, folds, patch_sizes);
   const size_t E = xs.size();
   TORCH_CHECK_VALUE(saved.size() == E && need_x.size() == E && need_weight.size() == E && need_bias.size() == E,
                     "saved, need_x, need_weight, need_bias: expected ", E, " items each (one per entry of xs)");
@@ -164,17 +179,22 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
     check_slots(work, grad.size(0), e);
     const auto keep = present(keeps[e]);
     const at::Tensor slots = work.select(1, 4);
-    const int64_t R = work.size(0), K = weights[e].size(1);
+    const bool folded = folds[e].numel() > 0;
+    // Kw: features of the weight; K: of the rows (a folded entry's rows are raw windows).
+    const int64_t R = work.size(0), Kw = weights[e].size(1);
+    const int64_t K = folded ? tables[e].size(2) * tables[e].size(2) * xs[e].size(-1) : Kw;
     const bool has_saved = saved[e].numel() > 0;
     // Gradients are outputs of every step: pooled. An entry without rows still gets zero
     // gradients, as in the dense computation.
     bool unused = false;
-    at::Tensor gw = need_weight[e] ? (R ? pooled_empty({D, K}, weights[e].options(), &unused)
-                                        : pooled_zeros({D, K}, weights[e].options()))
+    at::Tensor gw = need_weight[e] ? (R ? pooled_empty({D, Kw}, weights[e].options(), &unused)
+                                        : pooled_zeros({D, Kw}, weights[e].options()))
                                    : xs[e].new_empty({0});
     at::Tensor gb = need_bias[e] ? (R ? at::empty({D}, weights[e].options()) : pooled_zeros({D}, weights[e].options()))
                                  : xs[e].new_empty({0});
     if ((need_weight[e] || need_bias[e]) && R > 0) {
+      // A folded entry's gradient is summed in the folded layout, then unfolded into gw.
+      at::Tensor gsum = need_weight[e] && folded ? at::empty({D, K}, weights[e].options()) : gw;
       const int64_t chunk = chunk_rows(has_saved ? D : K + D, grad.element_size());
       for (int64_t r0 = 0; r0 < R; r0 += chunk) {
         const int64_t n = std::min(chunk, R - r0);
@@ -184,9 +204,9 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
           at::Tensor patches = has_saved ? saved[e].narrow(0, r0, n) : scratch(0, n, K, xs[e].options());
           if (!has_saved) token_patches_out(xs[e], keep, work.narrow(0, r0, n), tables[e], patch_sizes[e], patches);
           if (r0 == 0)
-            at::mm_out(gw, picked.t(), patches);
+            at::mm_out(gsum, picked.t(), patches);
           else
-            gw.addmm_(picked.t(), patches);
+            gsum.addmm_(picked.t(), patches);
         }
         if (need_bias[e]) {
           if (r0 == 0)
@@ -195,13 +215,15 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
             gb.add_(picked.sum(0));
         }
       }
+      if (need_weight[e] && folded) unfold_weight_out(gsum, folds[e][0], folds[e][1], gw);
     }
     grad_ws.push_back(gw);
     grad_bs.push_back(gb);
     if (need_x[e]) {
       const at::Tensor picked = at::index_select(grad, 0, slots);
       grad_xs.push_back(
-          token_patches_backward(at::mm(picked, weights[e]), xs[e].sizes(), keep, work, tables[e], patch_sizes[e]));
+          token_patches_backward(at::mm(picked, used_weight(weights[e], folds[e])), xs[e].sizes(), keep, work,
+                                 tables[e], patch_sizes[e]));
     } else {
       grad_xs.push_back(xs[e].new_empty({0}));
     }

@@ -105,3 +105,17 @@ def test_row_builder_baseline_isa(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("patch", [1, 3])
+def test_row_builder_identity_tables_read_zeros_outside_the_image(patch):
+    """Raw windows (identity tables, as for folded weights) of border tokens: pixels outside
+    the image are zero, never read."""
+    x, keep, work, tables = row_case(patch, 3, 4, 2, 5, 50, keep=True, padding=False, seed=3)
+    window = tables.shape[3]
+    eye = torch.eye(window)
+    identity = torch.stack((eye, eye))[:, None]
+    work[:, 5:] = 0
+    got = torch.ops.mim_fast.cpu_token_patches(x, keep, work, identity, patch)
+    want = reference_token_patches(x.double(), keep, work, identity.double(), patch)
+    assert torch.equal(got.double(), want)

@@ -184,7 +184,17 @@ def test_tokenize_rows_opcheck():
     row_class, col_class, tables = device_tables(3, BASE, 2, 3, x.device, torch.float64)
     work = work_rows(chosen, row_of, 0, 1, (2, 3, 2), row_class, col_class, mask.shape[1], False)
     no_keep = torch.zeros(0, dtype=torch.bool)
-    args = ([x.requires_grad_()], [weight.requires_grad_()], [bias], [no_keep], [work], [tables], [3], mask.numel(), True)
+    no_fold = tables.new_empty(0)
+    x, weight = x.requires_grad_(), weight.requires_grad_()
+    args = ([x], [weight], [bias], [no_keep], [work], [tables], [no_fold], [3], mask.numel(), True)
+    torch.library.opcheck(_tokenize_rows_op, args)
+    # A folded entry: rows are raw windows (identity tables), the weight is folded inside the op.
+    fold = torch.stack((tables[0, 0], tables[1, 0]))
+    eye = torch.eye(tables.shape[3], dtype=tables.dtype)
+    identity = torch.stack((eye, eye))[:, None]
+    raw_work = work.clone()
+    raw_work[:, 5:] = 0
+    args = ([x], [weight], [bias], [no_keep], [raw_work], [identity], [fold], [3], mask.numel(), True)
     torch.library.opcheck(_tokenize_rows_op, args)
 
 
@@ -226,23 +236,36 @@ def test_cpp_token_patches_rejects_bad_work_rows():
         torch.ops.mim_fast.cpu_token_patches(x, None, bad, tables.long(), 2)
 
 
+def _spy_on_folds(monkeypatch, fused_tokenize):
+    """Record the ``folds`` list of every call of the registered row op."""
+    calls = []
+    real_op = fused_tokenize._tokenize_rows_op
+
+    def spy(xs, weights, biases, keeps, works, tables, folds, *rest):
+        calls.append([f.numel() > 0 for f in folds])
+        return real_op(xs, weights, biases, keeps, works, tables, folds, *rest)
+
+    monkeypatch.setattr(fused_tokenize, "_tokenize_rows_op", spy)
+    return calls
+
+
+@pytest.mark.parametrize("backend_name", ["cpp", "reference"])
 @pytest.mark.parametrize("patch", [1, 2, 3])
-def test_folded_interior_tokens_match_reference(monkeypatch, patch):
-    """Force the folded-weight path for interior tokens (normally chosen only when it pays)."""
+def test_folded_interior_tokens_match_reference(monkeypatch, patch, backend_name):
+    """Force the folded-weight path for interior tokens (normally chosen only when it pays):
+    folded inside the op for a weight being trained (gradient unfolded), cached when frozen."""
     fused_tokenize = importlib.import_module("mim_fast.ops.tokenize")
     if not mim_fast.backends.status("cpp").available:
         pytest.skip("cpp backend unavailable")
-    monkeypatch.setattr(fused_tokenize, "_FOLD_COST_FACTOR", 0)
-    folds = []
-    real_fold = fused_tokenize._fold
-    monkeypatch.setattr(fused_tokenize, "_fold", lambda *a: folds.append(1) or real_fold(*a))
+    monkeypatch.setattr(fused_tokenize, "_TRAINED_FOLD_COST", 0)
+    calls = _spy_on_folds(monkeypatch, fused_tokenize)
     x, weight, bias, codes = _inputs(2, 8, 7, 2, 3, 5, patch)
     x.requires_grad_()
     weight.requires_grad_()
     bias.requires_grad_()
-    with mim_fast.use_backend("cpp"):
+    with mim_fast.use_backend(backend_name):
         fused, ref = _both(x, weight, bias, codes, patch=patch, rate=0.5)
-    assert folds, "the folded path was not taken"
+    assert calls and any(calls[-1]), "the weight was not folded inside the op"
     _assert_layout_equal(fused, ref)
     torch.testing.assert_close(fused.tokens, ref.tokens, atol=1e-11, rtol=0)
     probe = torch.randn_like(ref.tokens)
@@ -250,6 +273,12 @@ def test_folded_interior_tokens_match_reference(monkeypatch, patch):
     want = torch.autograd.grad((ref.tokens * probe).sum(), (x, weight, bias))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-9)
+    fused_tokenize.clear_fold_cache()
+    with torch.no_grad(), mim_fast.use_backend(backend_name):
+        frozen, ref = _both(x, weight, bias, codes, patch=patch, rate=0.5)
+    assert not any(calls[-1]), "a frozen weight is folded once outside the op (cached)"
+    assert len(fused_tokenize._FOLD_CACHE) == 1
+    torch.testing.assert_close(frozen.tokens, ref.tokens, atol=1e-11, rtol=0)
 
 
 def test_frozen_weight_fold_cache_follows_in_place_updates():

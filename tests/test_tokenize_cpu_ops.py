@@ -19,6 +19,7 @@ from mim_fast.ops.tokenize import _split_interior
 pytestmark = pytest.mark.skipif(not mim_fast.backends.status("cpp").available, reason="cpp backend unavailable")
 
 BASE = 8
+NO_FOLD = torch.empty(0)
 
 
 class _Plan:
@@ -168,7 +169,7 @@ def test_tokenize_rows_matches_composition(batch, hw_p, patch, channels, dim, de
     want, patches = _rows_expected(x, weight, bias, keep, work, tables, patch, num_rows)
     for save in (True, False):
         out, saved = torch.ops.mim_fast.cpu_tokenize_rows(
-            [x], [weight], [bias], [keep], [work], [tables], [patch], num_rows, save
+            [x], [weight], [bias], [keep], [work], [tables], [NO_FOLD], [patch], num_rows, save
         )
         tol = 1e-5 * (weight.shape[1] ** 0.5)
         torch.testing.assert_close(out, want, atol=tol, rtol=1e-5)
@@ -180,7 +181,7 @@ def test_tokenize_rows_matches_composition(batch, hw_p, patch, channels, dim, de
     picked = grad[work[:, 4]]
     for saved_patches in (patches, torch.empty(0)):
         gx, gw, gb = torch.ops.mim_fast.cpu_tokenize_rows_backward(
-            grad, [x], [weight], [keep], [work], [tables], [patch], [saved_patches], [True], [True], [True]
+            grad, [x], [weight], [keep], [work], [tables], [NO_FOLD], [patch], [saved_patches], [True], [True], [True]
         )
         tol = 1e-5 * (max(work.shape[0], 1) ** 0.5)
         torch.testing.assert_close(gw, picked.t() @ patches, atol=tol, rtol=1e-4)
@@ -189,13 +190,73 @@ def test_tokenize_rows_matches_composition(batch, hw_p, patch, channels, dim, de
         torch.testing.assert_close(gx, want_gx, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 12])
+@pytest.mark.parametrize("patch", [1, 2, 3])
+def test_tokenize_rows_folds_the_weight_of_a_folded_entry(patch, channels):
+    """folds[e] given: rows are raw windows projected by the folded weight; the weight
+    gradient is unfolded (against the float64 reference fold and its adjoint)."""
+    from mim_fast.reference.resize import folded_weight, unfolded_gradient
+
+    x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 6, patch, channels, 9, 0.7)
+    work[:, 5:] = 0  # one class everywhere: its tables are the fold
+    fold = torch.stack((tables[0, 0], tables[1, 0]))
+    window = tables.shape[3]
+    eye = torch.eye(window)
+    identity = torch.stack((eye, eye))[:, None]
+    windows = torch.ops.mim_fast.cpu_token_patches(x, keep, work, identity, patch)
+    folded = folded_weight(weight.double(), fold[0], fold[1], channels)
+    want = torch.zeros(num_rows, 9, dtype=torch.float64)
+    want[work[:, 4]] = windows.double() @ folded.t() + bias.double()
+    out, saved = torch.ops.mim_fast.cpu_tokenize_rows(
+        [x], [weight], [bias], [keep], [work], [identity], [fold], [patch], num_rows, True
+    )
+    torch.testing.assert_close(out.double(), want, atol=1e-4, rtol=1e-4)
+    assert torch.equal(saved[0], windows)
+    grad = torch.randn(num_rows, 9)
+    picked = grad[work[:, 4]]
+    gx, gw, gb = torch.ops.mim_fast.cpu_tokenize_rows_backward(
+        grad, [x], [weight], [keep], [work], [identity], [fold], [patch], [saved[0]], [True], [True], [True]
+    )
+    want_gw = unfolded_gradient(picked.double().t() @ windows.double(), fold[0], fold[1], channels)
+    assert gw.shape == weight.shape
+    torch.testing.assert_close(gw.double(), want_gw, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(gb, picked.sum(0), atol=1e-4, rtol=1e-4)
+    want_gx = torch.ops.mim_fast.cpu_token_patches_backward(
+        picked @ folded.float(), list(x.shape), keep, work, identity, patch
+    )
+    torch.testing.assert_close(gx, want_gx, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 12])
+@pytest.mark.parametrize("patch", [1, 2, 3, 5])
+def test_fold_weight_and_its_adjoint_match_the_reference(patch, channels):
+    from mim_fast.reference.resize import folded_weight, interior_class, unfolded_gradient, window_tables
+
+    _, _, tables = window_tables(patch, BASE, 6, 6)
+    k = interior_class(patch, BASE, 6)
+    rw, cw = tables[0, k].float(), tables[1, k].float()
+    weight = torch.randn(10, BASE * BASE * channels)
+    got = torch.ops.mim_fast.cpu_fold_weight(weight, rw, cw)
+    torch.testing.assert_close(got.double(), folded_weight(weight.double(), rw, cw, channels), atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(got)
+    back = torch.ops.mim_fast.cpu_unfold_weight(grad, rw, cw)
+    torch.testing.assert_close(back.double(), unfolded_gradient(grad.double(), rw, cw, channels), atol=1e-5, rtol=1e-5)
+    # adjoint: <fold(W), G> == <W, unfold(G)>
+    lhs, rhs = (got.double() * grad.double()).sum(), (weight.double() * back.double()).sum()
+    torch.testing.assert_close(lhs, rhs, atol=1e-3, rtol=1e-6)
+    with pytest.raises(ValueError, match="weight: expected"):
+        torch.ops.mim_fast.cpu_fold_weight(weight[:, :7], rw, cw)
+    with pytest.raises(ValueError, match="row_w, col_w"):
+        torch.ops.mim_fast.cpu_fold_weight(weight, rw, cw[:, :-1])
+
+
 def test_tokenize_rows_expanded_grad_and_unused_gradients():
     """An expanded (stride 0) upstream gradient, as from ``tokens.sum()``; gradients not asked for are empty."""
     x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 0.6)
     _, patches = _rows_expected(x, weight, bias, keep, work, tables, 2, num_rows)
     grad = torch.ones(()).expand(num_rows, 5)
     gx, gw, gb = torch.ops.mim_fast.cpu_tokenize_rows_backward(
-        grad, [x], [weight], [keep], [work], [tables], [2], [patches], [False], [True], [False]
+        grad, [x], [weight], [keep], [work], [tables], [NO_FOLD], [2], [patches], [False], [True], [False]
     )
     torch.testing.assert_close(gw, torch.ones(work.shape[0], 5).t() @ patches)
     assert gx.numel() == 0 and gb.numel() == 0
@@ -203,7 +264,7 @@ def test_tokenize_rows_expanded_grad_and_unused_gradients():
 
 def test_tokenize_rows_zero_fills_rows_without_work():
     x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 0.5)
-    out, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [2], num_rows + 4, False)
+    out, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [NO_FOLD], [2], num_rows + 4, False)
     covered = torch.zeros(num_rows + 4, dtype=torch.bool)
     covered[work[:, 4]] = True
     assert torch.equal(out[~covered], torch.zeros_like(out[~covered]))
@@ -214,16 +275,16 @@ def test_tokenize_rows_bad_input_names_the_argument():
     bad_slot = work.clone()
     bad_slot[0, 4] = num_rows
     with pytest.raises(ValueError, match="works: entry 0 row 0 has slot"):
-        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [bad_slot], [tables], [2], num_rows, False)
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [bad_slot], [tables], [NO_FOLD], [2], num_rows, False)
     with pytest.raises(ValueError, match="weights: entry 0 has 10 input features"):
-        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight[:, :10]], [bias], [keep], [work], [tables], [2], num_rows, False)
-    with pytest.raises(ValueError, match="weights, keeps, works, tables, patch_sizes"):
-        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work, work], [tables], [2], num_rows, False)
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight[:, :10]], [bias], [keep], [work], [tables], [NO_FOLD], [2], num_rows, False)
+    with pytest.raises(ValueError, match="weights, keeps, works, tables, folds, patch_sizes"):
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work, work], [tables], [NO_FOLD], [2], num_rows, False)
     with pytest.raises(TypeError, match="weights"):
-        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight.double()], [bias], [keep], [work], [tables], [2], num_rows, False)
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight.double()], [bias], [keep], [work], [tables], [NO_FOLD], [2], num_rows, False)
     with pytest.raises(ValueError, match="grad: expected 5 columns"):
         torch.ops.mim_fast.cpu_tokenize_rows_backward(
-            torch.zeros(num_rows, 4), [x], [weight], [keep], [work], [tables], [2], [torch.empty(0)], [False], [True], [True]
+            torch.zeros(num_rows, 4), [x], [weight], [keep], [work], [tables], [NO_FOLD], [2], [torch.empty(0)], [False], [True], [True]
         )  # fmt: skip
 
 
@@ -231,7 +292,7 @@ def test_tokenize_rows_backward_gives_zero_gradients_to_entries_without_rows():
     x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 0.0)
     assert work.shape[0] == 0
     gx, gw, gb = torch.ops.mim_fast.cpu_tokenize_rows_backward(
-        torch.randn(4, 5), [x], [weight], [keep], [work], [tables], [2], [torch.empty(0)], [True], [True], [True]
+        torch.randn(4, 5), [x], [weight], [keep], [work], [tables], [NO_FOLD], [2], [torch.empty(0)], [True], [True], [True]
     )
     assert torch.equal(gw, torch.zeros_like(weight)) and torch.equal(gb, torch.zeros_like(bias))
     assert torch.equal(gx, torch.zeros_like(x))
@@ -268,12 +329,12 @@ def test_output_pool_reuses_dirty_blocks_and_still_zeroes_padding():
     x, weight, bias, keep, work, tables, num_rows = _rows_case(2, 3, 2, 3, 5, 0.5)
     rows = (1 << 20) // (5 * 4) + 16  # [rows, 5] fp32 outputs of just over 1 MiB: pooled
     torch.ops.mim_fast.cpu_output_pool_release()
-    out, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [2], rows, False)
+    out, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [NO_FOLD], [2], rows, False)
     pointer = out.data_ptr()
     out.fill_(float("nan"))  # dirty the block
     del out
     assert int(torch.ops.mim_fast.cpu_output_pool_idle_bytes()) >= rows * 5 * 4
-    again, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [2], rows, False)
+    again, _ = torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work], [tables], [NO_FOLD], [2], rows, False)
     assert again.data_ptr() == pointer  # the same block, handed out again
     assert int(torch.ops.mim_fast.cpu_output_pool_idle_bytes()) == 0
     want, _ = _rows_expected(x, weight, bias, keep, work, tables, 2, rows)
@@ -282,13 +343,13 @@ def test_output_pool_reuses_dirty_blocks_and_still_zeroes_padding():
     empty_work = work[:0]
     big = torch.randn(512, 4096)  # [D, K] gradient of 8 MiB: pooled
     gw = torch.ops.mim_fast.cpu_tokenize_rows_backward(
-        torch.zeros(rows, 512), [x], [big], [keep], [empty_work], [tables], [2], [torch.empty(0)], [False], [True], [False]
+        torch.zeros(rows, 512), [x], [big], [keep], [empty_work], [tables], [NO_FOLD], [2], [torch.empty(0)], [False], [True], [False]
     )[1]
     gw.fill_(float("nan"))
     pointer = gw.data_ptr()
     del gw
     gw = torch.ops.mim_fast.cpu_tokenize_rows_backward(
-        torch.zeros(rows, 512), [x], [big], [keep], [empty_work], [tables], [2], [torch.empty(0)], [False], [True], [False]
+        torch.zeros(rows, 512), [x], [big], [keep], [empty_work], [tables], [NO_FOLD], [2], [torch.empty(0)], [False], [True], [False]
     )[1]
     assert gw.data_ptr() == pointer and torch.equal(gw, torch.zeros_like(big))
     del again, gw

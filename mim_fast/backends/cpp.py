@@ -41,17 +41,29 @@ def token_patches_backward(grad_patches, x_shape, keep, work, tables, patch):
     return _ops.cpu_token_patches_backward(grad_patches, list(x_shape), keep, work, tables, patch)
 
 
-def tokenize_rows(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches):
-    out, saved = _ops.cpu_tokenize_rows(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches)
+def tokenize_rows(xs, weights, biases, keeps, works, tables, folds, patch_sizes, num_rows, save_patches):
+    out, saved = _ops.cpu_tokenize_rows(
+        xs, weights, biases, keeps, works, tables, folds, patch_sizes, num_rows, save_patches
+    )
     return out, list(saved)
 
 
-def tokenize_rows_backward(grad, xs, weights, keeps, works, tables, patch_sizes, saved, need_x, need_weight, need_bias):
+def tokenize_rows_backward(
+    grad, xs, weights, keeps, works, tables, folds, patch_sizes, saved, need_x, need_weight, need_bias
+):
     return list(
         _ops.cpu_tokenize_rows_backward(
-            grad, xs, weights, keeps, works, tables, patch_sizes, saved, need_x, need_weight, need_bias
+            grad, xs, weights, keeps, works, tables, folds, patch_sizes, saved, need_x, need_weight, need_bias
         )
     )
+
+
+def fold_weight(weight, row_w, col_w):
+    return _ops.cpu_fold_weight(weight, row_w, col_w)
+
+
+def unfold_weight(grad_folded, row_w, col_w):
+    return _ops.cpu_unfold_weight(grad_folded, row_w, col_w)
 
 
 def _register_fakes() -> None:
@@ -107,8 +119,18 @@ def _register_fakes() -> None:
         long = dict(dtype=torch.int64)
         return chosen.new_empty((batch, n), **long), chosen.new_empty((batch,), **long), chosen.new_empty((batch, length)), works
 
+    @torch.library.register_fake("mim_fast::cpu_fold_weight")
+    def _(weight, row_w, col_w):
+        channels = weight.shape[1] // (row_w.shape[0] * row_w.shape[0])
+        return weight.new_empty((weight.shape[0], row_w.shape[1] * row_w.shape[1] * channels))
+
+    @torch.library.register_fake("mim_fast::cpu_unfold_weight")
+    def _(grad_folded, row_w, col_w):
+        channels = grad_folded.shape[1] // (row_w.shape[1] * row_w.shape[1])
+        return grad_folded.new_empty((grad_folded.shape[0], row_w.shape[0] * row_w.shape[0] * channels))
+
     @torch.library.register_fake("mim_fast::cpu_tokenize_rows")
-    def _(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches):
+    def _(xs, weights, biases, keeps, works, tables, folds, patch_sizes, num_rows, save_patches):
         saved = [
             x.new_empty((w.shape[0], t.shape[2] * t.shape[2] * x.shape[-1])) if save_patches else x.new_empty(0)
             for x, w, t in zip(xs, works, tables)
@@ -116,7 +138,7 @@ def _register_fakes() -> None:
         return xs[0].new_empty((num_rows, weights[0].shape[0])), saved
 
     @torch.library.register_fake("mim_fast::cpu_tokenize_rows_backward")
-    def _(grad, xs, weights, keeps, works, tables, patch_sizes, saved, need_x, need_weight, need_bias):
+    def _(grad, xs, weights, keeps, works, tables, folds, patch_sizes, saved, need_x, need_weight, need_bias):
         grad_xs = [torch.empty_like(x, memory_format=torch.contiguous_format) if n else x.new_empty(0) for x, n in zip(xs, need_x)]
         grad_ws = [torch.empty_like(w, memory_format=torch.contiguous_format) if n else w.new_empty(0) for w, n in zip(weights, need_weight)]
         grad_bs = [w.new_empty(w.shape[0]) if n else w.new_empty(0) for w, n in zip(weights, need_bias)]

@@ -27,7 +27,7 @@ import torch
 
 from .. import backends
 from ..reference.patch_embed import resize_channel_last
-from ..reference.resize import interior_class
+from ..reference.resize import folded_weight, interior_class, unfolded_gradient
 from . import _checks
 from ._token_layout import cpp_work_lists, device_tables, packed_layout, work_rows
 from .band_dropout import band_dropout_mask
@@ -35,11 +35,14 @@ from .masked_gather import Packed
 from .patch_embed import _validate as _validate_patch_embed
 
 
-# Folding the interior resize into the projection saves 2 D (P^2 - w^2) C flops per
-# interior token (w = p + 4 < P when p <= 3 at P = 8) but costs one weight fold, a GEMM of
-# 2 D w^2 P^2 C flops plus two permuted copies of the weight, measured at about this many
-# times its flop count on 2 CPU cores. Fold only when the saving beats the fold.
-_FOLD_COST_FACTOR = 5
+# Folding the interior resize into the projection saves 2 D C (P^2 - w^2) flops per interior
+# token and GEMM (w = p + 4 < P when p <= 3 at P = 8). A frozen weight is folded once and
+# cached, so that is free. A weight being trained is folded on every forward and its gradient
+# unfolded on every backward (separable passes, csrc/fold_weight.cpp): on 2 CPU cores the pair
+# costs about as much as this many GEMM multiply-adds per D * C * P * (P + w) (measured at
+# P = 8, p = 1..3), against a saving of 2 (P^2 - w^2) per row (forward and weight gradient).
+# Fold only when the saving beats the fold.
+_TRAINED_FOLD_COST = 100
 
 
 @dataclass
@@ -47,14 +50,15 @@ class _FoldPlan:
     """Interior tokens of an entry that may be embedded with the resize folded into the weight.
 
     Rows of class ``(row_class, col_class)`` are split off when there are more than
-    ``min_rows`` of them (below that, folding costs more than it saves).
+    ``min_rows`` of them (below that, folding costs more than it saves). A frozen weight is
+    folded here (cached); a weight being trained is folded inside the op on every call.
     """
 
     row_class: int
     col_class: int
     min_rows: int
     frozen: bool
-    kron_key: tuple
+    grid_key: tuple
 
 
 def _fold_plan(x, weight, table, patch) -> "_FoldPlan | None":
@@ -72,9 +76,9 @@ def _fold_plan(x, weight, table, patch) -> "_FoldPlan | None":
         return None
     frozen = not (torch.is_grad_enabled() and weight.requires_grad)
     # A frozen weight (e.g. a target projection) is folded once and cached: folding is free then.
-    fold_cost = 0 if frozen else _FOLD_COST_FACTOR * base * base * window * window
+    fold_cost = 0 if frozen else _TRAINED_FOLD_COST * base * (base + window)
     key = (patch, base, x.shape[1] // patch, x.shape[2] // patch, row_class, col_class)
-    return _FoldPlan(row_class, col_class, fold_cost // (base * base - window * window), frozen, key)
+    return _FoldPlan(row_class, col_class, fold_cost // (2 * (base * base - window * window)), frozen, key)
 
 
 def _split_interior(work, plan):
@@ -90,38 +94,63 @@ def _split_interior(work, plan):
 
 
 def _entry_parts(weight, table, plan, work, inner_work):
-    """One entry's ``(weight, work, tables)`` parts.
+    """One entry's ``(weight, work, tables, fold)`` parts.
 
     Normally one part: rows are resized patches projected by ``weight``. With interior rows
-    split off, they form a part whose rows are raw ``w x w`` input windows (identity
-    tables) projected by the folded weight (:func:`_fold`, differentiable, so autograd
-    unfolds its gradient); the other rows keep the resize.
+    split off, they form a part whose rows are raw ``w x w`` input windows (identity tables)
+    projected by the folded weight: cached for a frozen weight, otherwise folded inside the op
+    from ``weight`` and the part's ``fold`` tables ``[2, P, w]`` (an empty tensor: no fold);
+    the other rows keep the resize.
     """
+    no_fold = table.new_empty(0)
     if inner_work is None or inner_work.shape[0] == 0:
-        return [(weight, work, table)]
-    kron = _interior_kron(plan.kron_key, table, weight.dtype)
-    folded = _cached_fold(weight, kron, plan.kron_key) if plan.frozen else _fold(weight, kron)
-    parts = [(folded, inner_work, _identity_tables(table.shape[3], table.dtype, table.device))]
+        return [(weight, work, table, no_fold)]
+    fold = _interior_tables(plan.grid_key, table)
+    identity = _identity_tables(table.shape[3], table.dtype, table.device)
+    if plan.frozen:
+        parts = [(_cached_fold(weight, fold, plan.grid_key), inner_work, identity, no_fold)]
+    else:
+        parts = [(weight, inner_work, identity, fold)]
     if work.shape[0]:
-        parts.append((weight, work, table))
+        parts.append((weight, work, table, no_fold))
     return parts
 
 
-_KRON_CACHE: dict = {}
+_INTERIOR_TABLES: dict = {}
 _FOLD_CACHE: collections.OrderedDict = collections.OrderedDict()
 _FOLD_CACHE_BYTES = 64 << 20  # folded weights kept (least recently used dropped first)
 
 
-def _interior_kron(key, table, dtype):
-    """``kron(RW, CW) [(x y), (a b)]`` of the interior class (cached per grid and dtype)."""
-    full_key = key + (dtype, table.device)
-    if full_key not in _KRON_CACHE:
-        _KRON_CACHE[full_key] = torch.kron(table[0, key[4]], table[1, key[5]]).to(dtype)
-    return _KRON_CACHE[full_key]
+def _interior_tables(key, table):
+    """``[2, P, w]``: the row and column resize weights of the interior class (cached per grid)."""
+    full_key = key + (table.dtype, table.device)
+    if full_key not in _INTERIOR_TABLES:
+        _INTERIOR_TABLES[full_key] = torch.stack((table[0, key[4]], table[1, key[5]]))
+    return _INTERIOR_TABLES[full_key]
 
 
-def _cached_fold(weight, kron, key):
-    """:func:`_fold` of a weight that is not being trained, reused while the weight is unchanged.
+def fold_weight(weight: torch.Tensor, fold: torch.Tensor) -> torch.Tensor:
+    """``[D, P*P*C]`` -> ``[D, w*w*C]``: the resize ``fold [2, P, w]`` (row, column weights) folded in.
+
+    ``folded[d, (a b c)] = sum_{x y} fold[0, x, a] fold[1, y, b] weight[d, (x y c)]``; not
+    differentiable (the op's backward unfolds gradients with :func:`unfold_weight`).
+    """
+    if weight.device.type == "cpu" and backends.status("cpp").available:
+        return torch.ops.mim_fast.cpu_fold_weight(weight, fold[0], fold[1])
+    channels = weight.shape[1] // (fold.shape[1] * fold.shape[1])
+    return folded_weight(weight, fold[0], fold[1], channels)
+
+
+def unfold_weight(grad_folded: torch.Tensor, fold: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`fold_weight`: ``[D, w*w*C]`` -> ``[D, P*P*C]``."""
+    if grad_folded.device.type == "cpu" and backends.status("cpp").available:
+        return torch.ops.mim_fast.cpu_unfold_weight(grad_folded, fold[0], fold[1])
+    channels = grad_folded.shape[1] // (fold.shape[2] * fold.shape[2])
+    return unfolded_gradient(grad_folded, fold[0], fold[1], channels)
+
+
+def _cached_fold(weight, fold, key):
+    """:func:`fold_weight` of a weight that is not being trained, reused while the weight is unchanged.
 
     An entry is valid for the same tensor object (weak reference), storage and version
     counter: in-place updates (optimizer steps, ``load_state_dict``, EMA updates done with
@@ -135,7 +164,7 @@ def _cached_fold(weight, kron, key):
         _FOLD_CACHE.move_to_end(full_key)
         return entry[2]
     with torch.no_grad():
-        folded = _fold(weight, kron)
+        folded = fold_weight(weight.detach(), fold)
     _FOLD_CACHE[full_key] = (weakref.ref(weight), stamp, folded)
     while len(_FOLD_CACHE) > 1 and _cache_bytes([entry[2] for entry in _FOLD_CACHE.values()]) > _FOLD_CACHE_BYTES:
         _FOLD_CACHE.popitem(last=False)
@@ -158,7 +187,7 @@ def held_bytes() -> int:
     calling thread's scratch and the idle blocks of the output pool (freed outputs kept for
     reuse, see ``csrc/output_pool.h``).
     """
-    total = _cache_bytes([entry[2] for entry in _FOLD_CACHE.values()] + list(_KRON_CACHE.values()))
+    total = _cache_bytes([entry[2] for entry in _FOLD_CACHE.values()] + list(_INTERIOR_TABLES.values()))
     if backends.status("cpp").available:
         total += int(torch.ops.mim_fast.cpu_tokenize_scratch_bytes())
         total += int(torch.ops.mim_fast.cpu_output_pool_idle_bytes())
@@ -178,13 +207,6 @@ def _identity_tables(window: int, dtype: torch.dtype, device: torch.device) -> t
     """Tables whose "resize" returns the raw ``window x window`` input window."""
     eye = torch.eye(window, dtype=dtype, device=device)
     return torch.stack((eye, eye))[:, None]
-
-
-def _fold(weight, kron):
-    """``[D, P*P*C]`` -> ``[D, w*w*C]``: ``folded[d, (a b c)] = sum_{x y} weight[d, (x y c)] kron[(x y), (a b)]``."""
-    d, (pp, ww) = weight.shape[0], kron.shape
-    by_pixel = weight.reshape(d, pp, -1).transpose(0, 1).reshape(pp, -1)  # [(x y), (d c)]
-    return (kron.t() @ by_pixel).reshape(ww, d, -1).transpose(0, 1).reshape(d, -1)
 
 
 def _scatter_rows(out, rows, slot, padded):
@@ -226,23 +248,33 @@ def _tokenize_rows_op(
     keeps: list[torch.Tensor],
     works: list[torch.Tensor],
     tables: list[torch.Tensor],
+    folds: list[torch.Tensor],
     patch_sizes: list[int],
     num_rows: int,
     save_patches: bool,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Rows ``[num_rows, D]`` of the packed tokens, and each entry's patches when
-    ``save_patches`` (kept for the weight gradient instead of being rebuilt)."""
+    ``save_patches`` (kept for the weight gradient instead of being rebuilt).
+
+    ``folds[e]``: empty, or ``[2, P, w]`` resize tables folded into ``weights[e]`` first (the
+    entry's rows are then raw windows; see :func:`fold_weight`)."""
     name = backends.select_name(xs[0].device)
     backend, padded = backends.module(name), _is_padded(xs[0].device, name)
     if name == "cpp" and not padded:
-        return backend.tokenize_rows(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches)
+        return backend.tokenize_rows(
+            xs, weights, biases, keeps, works, tables, folds, patch_sizes, num_rows, save_patches
+        )
     dim = weights[0].shape[0]
     # Exact work lists cover every real row, so only the padding rows need zeroing.
     out = xs[0].new_zeros((num_rows, dim)) if padded else xs[0].new_empty((num_rows, dim))
     covered = None if padded else torch.zeros(num_rows, dtype=torch.bool, device=xs[0].device)
     saved = []
-    for x, weight, bias, keep, work, table, patch in zip(xs, weights, biases, keeps, works, tables, patch_sizes):
+    for x, weight, bias, keep, work, table, fold, patch in zip(
+        xs, weights, biases, keeps, works, tables, folds, patch_sizes
+    ):
         bias, keep = _present(bias), _present(keep)
+        if fold.numel():
+            weight = fold_weight(weight, fold)
         patches = backend.token_patches(x, keep, work, table, patch)
         if work.shape[0]:
             rows = torch.addmm(bias, patches, weight.t()) if bias is not None else patches @ weight.t()
@@ -256,7 +288,7 @@ def _tokenize_rows_op(
 
 
 @_tokenize_rows_op.register_fake
-def _(xs, weights, biases, keeps, works, tables, patch_sizes, num_rows, save_patches):
+def _(xs, weights, biases, keeps, works, tables, folds, patch_sizes, num_rows, save_patches):
     saved = [
         x.new_empty((w.shape[0], t.shape[2] * t.shape[2] * x.shape[-1])) if save_patches else x.new_empty(0)
         for x, w, t in zip(xs, works, tables)
@@ -272,6 +304,7 @@ def _tokenize_rows_backward_op(
     keeps: list[torch.Tensor],
     works: list[torch.Tensor],
     tables: list[torch.Tensor],
+    folds: list[torch.Tensor],
     patch_sizes: list[int],
     saved_patches: list[torch.Tensor],
     need_x: list[bool],
@@ -284,27 +317,31 @@ def _tokenize_rows_backward_op(
     backend, padded = backends.module(name), _is_padded(grad.device, name)
     if name == "cpp" and not padded:
         return backend.tokenize_rows_backward(
-            grad, xs, weights, keeps, works, tables, patch_sizes, saved_patches, need_x, need_weight, need_bias
+            grad, xs, weights, keeps, works, tables, folds, patch_sizes, saved_patches, need_x, need_weight, need_bias
         )
     grad_xs, grad_ws, grad_bs = [], [], []
-    for e, (x, weight, keep, work, table, patch) in enumerate(zip(xs, weights, keeps, works, tables, patch_sizes)):
+    for e, (x, weight, keep, work, table, fold, patch) in enumerate(
+        zip(xs, weights, keeps, works, tables, folds, patch_sizes)
+    ):
         keep = _present(keep)
         picked = _selected_grad(grad, work[:, 4], padded)
         if need_weight[e]:
             patches = saved_patches[e] if saved_patches[e].numel() else backend.token_patches(x, keep, work, table, patch)
-            grad_ws.append(picked.t() @ patches)
+            grad_w = picked.t() @ patches
+            grad_ws.append(unfold_weight(grad_w, fold) if fold.numel() else grad_w)
         else:
             grad_ws.append(x.new_empty(0))
         grad_bs.append(picked.sum(0) if need_bias[e] else x.new_empty(0))
         if need_x[e]:
-            grad_xs.append(backend.token_patches_backward(picked @ weight, tuple(x.shape), keep, work, table, patch))
+            used = fold_weight(weight, fold) if fold.numel() else weight
+            grad_xs.append(backend.token_patches_backward(picked @ used, tuple(x.shape), keep, work, table, patch))
         else:
             grad_xs.append(x.new_empty(0))
     return grad_xs + grad_ws + grad_bs
 
 
 @_tokenize_rows_backward_op.register_fake
-def _(grad, xs, weights, keeps, works, tables, patch_sizes, saved_patches, need_x, need_weight, need_bias):
+def _(grad, xs, weights, keeps, works, tables, folds, patch_sizes, saved_patches, need_x, need_weight, need_bias):
     grad_xs = [torch.empty_like(x, memory_format=torch.contiguous_format) if n else x.new_empty(0) for x, n in zip(xs, need_x)]
     grad_ws = [torch.empty_like(w, memory_format=torch.contiguous_format) if n else w.new_empty(0) for w, n in zip(weights, need_weight)]
     grad_bs = [w.new_empty(w.shape[0]) if n else w.new_empty(0) for w, n in zip(weights, need_bias)]
@@ -312,33 +349,32 @@ def _(grad, xs, weights, keeps, works, tables, patch_sizes, saved_patches, need_
 
 
 def _setup_context(ctx, inputs, output):
-    xs, weights, biases, keeps, works, tables, patch_sizes, _, _ = inputs
+    xs, weights, biases, keeps, works, tables, folds, patch_sizes, _, _ = inputs
     _, saved = output
     # The saved patches are outputs only so that backward can reuse them: without this,
     # autograd would build an all-zero [R, K] gradient for each of them every step.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(*xs, *weights, *keeps, *works, *tables, *saved)
+    ctx.save_for_backward(*xs, *weights, *keeps, *works, *tables, *folds, *saved)
     ctx.has_bias = [_present(b) is not None for b in biases]
     ctx.patch_sizes = list(patch_sizes)
 
 
 def _backward(ctx, grad, _grad_saved):
     n = len(ctx.patch_sizes)
+    nothing = [None] * n
     if grad is None:  # the tokens did not reach the loss
-        nothing = [None] * n
-        return nothing, nothing, nothing, nothing, nothing, nothing, None, None, None
+        return nothing, nothing, nothing, nothing, nothing, nothing, nothing, None, None, None
     stored = ctx.saved_tensors
-    xs, weights, keeps, works, tables, saved = (list(stored[k * n : (k + 1) * n]) for k in range(6))
+    xs, weights, keeps, works, tables, folds, saved = (list(stored[k * n : (k + 1) * n]) for k in range(7))
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_b = [bool(nb) and has for nb, has in zip(need_b, ctx.has_bias)]
     flat = _tokenize_rows_backward_op(
-        grad, xs, weights, keeps, works, tables, ctx.patch_sizes, saved, list(need_x), list(need_w), need_b
+        grad, xs, weights, keeps, works, tables, folds, ctx.patch_sizes, saved, list(need_x), list(need_w), need_b
     )
     grad_xs = [g if nx else None for g, nx in zip(flat[:n], need_x)]
     grad_ws = [g if nw else None for g, nw in zip(flat[n : 2 * n], need_w)]
     grad_bs = [g if nb else None for g, nb in zip(flat[2 * n :], need_b)]
-    nothing = [None] * n
-    return grad_xs, grad_ws, grad_bs, nothing, nothing, nothing, None, None, None
+    return grad_xs, grad_ws, grad_bs, nothing, nothing, nothing, nothing, None, None, None
 
 
 _tokenize_rows_op.register_autograd(_backward, setup_context=_setup_context)
@@ -403,18 +439,19 @@ def tokenize_entries(entries: list[TokenEntry], codes: torch.Tensor, select: int
             )
         lists = [_split_interior(work, plan) for work, plan in zip(lists, plans)]
     batch, length = mask.shape
-    xs, weights, biases, keeps, works, tables, patches = [], [], [], [], [], [], []
+    xs, weights, biases, keeps, works, tables, folds, patches = [], [], [], [], [], [], [], []
     for entry, (x, p, _, _, _, table), plan, (work, inner_work) in zip(entries, prepared, plans, lists):
-        for weight, part_work, part_table in _entry_parts(entry.weight, table, plan, work, inner_work):
+        for weight, part_work, part_table, fold in _entry_parts(entry.weight, table, plan, work, inner_work):
             xs.append(x)
             weights.append(weight)
             biases.append(entry.bias if entry.bias is not None else x.new_empty(0))
             keeps.append(entry.keep if entry.keep is not None else x.new_empty(0, dtype=torch.bool))
             works.append(part_work)
             tables.append(part_table)
+            folds.append(fold)
             patches.append(p)
     save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
-    out, _ = _tokenize_rows_op(xs, weights, biases, keeps, works, tables, patches, batch * length, save)
+    out, _ = _tokenize_rows_op(xs, weights, biases, keeps, works, tables, folds, patches, batch * length, save)
     return Packed(out.view(batch, length, entries[0].weight.shape[0]), indices, mask, seqlens)
 
 

@@ -276,6 +276,37 @@ def folded_weight(
     return folded.reshape(d, -1).to(weight.dtype)
 
 
+def unfolded_gradient(
+    grad_folded: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor, channels: int
+) -> torch.Tensor:
+    """The adjoint of :func:`folded_weight`: the gradient of ``weight`` from that of ``folded``.
+
+    ``grad_weight[d, (x y c)] = sum_{a b} row_weights[x, a] col_weights[y, b] grad_folded[d, (a b c)]``,
+    computed in float64, returned in ``grad_folded.dtype``.
+
+    Args:
+        grad_folded: ``[D, window_r * window_c * C]``.
+        row_weights, col_weights: ``[P, window_r]``, ``[P, window_c]``.
+        channels: C.
+
+    Returns:
+        ``grad_weight [D, P*P*C]``.
+    """
+    _check_size("channels", channels)
+    window_r, window_c = row_weights.shape[1], col_weights.shape[1]
+    if grad_folded.dim() != 2 or grad_folded.shape[1] != window_r * window_c * channels:
+        raise ValueError(
+            f"grad_folded: expected [D, {window_r}*{window_c}*{channels}], got a tensor of shape "
+            f"{list(grad_folded.shape)}"
+        )
+    d = grad_folded.shape[0]
+    g4 = grad_folded.to(torch.float64).reshape(d, window_r, window_c, channels)
+    rows = row_weights.to(device=grad_folded.device, dtype=torch.float64)
+    cols = col_weights.to(device=grad_folded.device, dtype=torch.float64)
+    grad = torch.einsum("dabc,xa,yb->dxyc", g4, rows, cols)
+    return grad.reshape(d, -1).to(grad_folded.dtype)
+
+
 @functools.lru_cache(maxsize=256)
 def window_tables(patch: int, base: int, num_rows: int, num_cols: int):
     """Class tables of a token grid, in the layout the tokenizer's row builders read.

@@ -127,6 +127,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
     check_slots(work, num_rows, e);
     const auto keep = present(keeps[e]);
     const auto bias = present(biases[e]);
+    if (bias.has_value()) {
+      checks::cpu(*bias, "biases");
+      TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == D, "biases: entry ", e, " expected shape [", D,
+                        "] (D of weights), got ", bias->sizes());
+    }
     const at::Tensor weight_t = used_weight(weights[e], folds[e]).t();
     const int64_t R = work.size(0), K = weight_t.size(0);
     TORCH_CHECK_VALUE(tables[e].dim() == 4 && tables[e].size(2) * tables[e].size(2) * xs[e].size(-1) == K,
@@ -134,21 +139,37 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
     // Saved patches live until the backward of the same step: pooled like the outputs.
     bool unused = false;
     at::Tensor all_patches = save_patches ? pooled_empty({R, K}, xs[e].options(), &unused) : at::Tensor();
-    const int64_t chunk = chunk_rows(K + D, out.element_size());
+    // Saved patches are not scratch: then only the GEMM output goes through a chunk.
+    const int64_t chunk = chunk_rows(save_patches ? D : K + D, out.element_size());
+    // Float adds the bias while scattering the rows (one pass over them instead of addmm's
+    // copy of the bias into every row before the GEMM); other dtypes keep addmm's single rounding.
+    const bool bias_in_scatter =
+        bias.has_value() && out.scalar_type() == at::kFloat && bias->scalar_type() == at::kFloat;
+    const at::Tensor bias_c = bias_in_scatter ? bias->contiguous() : at::Tensor();
+    const float* bp = bias_in_scatter ? bias_c.data_ptr<float>() : nullptr;
     const int64_t* wp = work.data_ptr<int64_t>();
     for (int64_t r0 = 0; r0 < R; r0 += chunk) {
       const int64_t n = std::min(chunk, R - r0);
       const at::Tensor patches = save_patches ? all_patches.narrow(0, r0, n) : scratch(0, n, K, xs[e].options());
       token_patches_out(xs[e], keep, work.narrow(0, r0, n), tables[e], patch_sizes[e], patches);
       at::Tensor rows = scratch(1, n, D, out.options());
-      if (bias.has_value())
+      if (bias.has_value() && !bias_in_scatter)
         at::addmm_out(rows, *bias, patches, weight_t);
       else
         at::mm_out(rows, patches, weight_t);
       const char* rp = static_cast<const char*>(rows.data_ptr());
       const int64_t* wc = wp + r0 * 7;
       at::parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r) std::memcpy(op + wc[r * 7 + 4] * row_bytes, rp + r * row_bytes, row_bytes);
+        for (int64_t r = a; r < b; ++r) {
+          char* dst = op + wc[r * 7 + 4] * row_bytes;
+          if (bp == nullptr) {
+            std::memcpy(dst, rp + r * row_bytes, row_bytes);
+          } else {
+            float* d = reinterpret_cast<float*>(dst);
+            const float* src = reinterpret_cast<const float*>(rp + r * row_bytes);
+            for (int64_t k = 0; k < D; ++k) d[k] = src[k] + bp[k];
+          }
+        }
       });
     }
     if (!out_is_zero)

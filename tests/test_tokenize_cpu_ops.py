@@ -280,6 +280,8 @@ def test_tokenize_rows_bad_input_names_the_argument():
         torch.ops.mim_fast.cpu_tokenize_rows([x], [weight[:, :10]], [bias], [keep], [work], [tables], [NO_FOLD], [2], num_rows, False)
     with pytest.raises(ValueError, match="weights, keeps, works, tables, folds, patch_sizes"):
         torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias], [keep], [work, work], [tables], [NO_FOLD], [2], num_rows, False)
+    with pytest.raises(ValueError, match="biases: entry 0 expected shape"):
+        torch.ops.mim_fast.cpu_tokenize_rows([x], [weight], [bias[:3]], [keep], [work], [tables], [NO_FOLD], [2], num_rows, False)
     with pytest.raises(TypeError, match="weights"):
         torch.ops.mim_fast.cpu_tokenize_rows([x], [weight.double()], [bias], [keep], [work], [tables], [NO_FOLD], [2], num_rows, False)
     with pytest.raises(ValueError, match="grad: expected 5 columns"):

@@ -136,9 +136,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
     const int64_t R = work.size(0), K = weight_t.size(0);
     TORCH_CHECK_VALUE(tables[e].dim() == 4 && tables[e].size(2) * tables[e].size(2) * xs[e].size(-1) == K,
                       "weights: entry ", e, " has ", K, " input features, expected P * P * C of its tables and x");
-    // Saved patches live until the backward of the same step: pooled like the outputs.
-    bool unused = false;
-    at::Tensor all_patches = save_patches ? pooled_empty({R, K}, xs[e].options(), &unused) : at::Tensor();
+    at::Tensor all_patches = save_patches ? at::empty({R, K}, xs[e].options()) : at::Tensor();
     // Saved patches are not scratch: then only the GEMM output goes through a chunk.
     const int64_t chunk = chunk_rows(save_patches ? D : K + D, out.element_size());
     // Float adds the bias while scattering the rows (one pass over them instead of addmm's

@@ -39,10 +39,12 @@ from .patch_embed import _validate as _validate_patch_embed
 # token and GEMM (w = p + 4 < P when p <= 3 at P = 8). A frozen weight is folded once and
 # cached, so that is free. A weight being trained is folded on every forward and its gradient
 # unfolded on every backward (separable passes, csrc/fold_weight.cpp): on 2 CPU cores the pair
-# costs about as much as this many GEMM multiply-adds per D * C * P * (P + w) (measured at
-# P = 8, p = 1..3), against a saving of 2 (P^2 - w^2) per row (forward and weight gradient).
-# Fold only when the saving beats the fold.
-_TRAINED_FOLD_COST = 100
+# costs about as much as _TRAINED_FOLD_COST GEMM multiply-adds per D * P * (P + w) * max(C, 12)
+# (measured at P = 8, p = 1..3, C = 2, 12, 30: below about 12 channels the passes' fixed cost per
+# output feature dominates), against a saving of 2 D C (P^2 - w^2) per row (forward and weight
+# gradient). Fold only when the saving beats the fold.
+_TRAINED_FOLD_COST = 40
+_FOLD_MIN_CHANNELS = 12
 
 
 @dataclass
@@ -76,9 +78,11 @@ def _fold_plan(x, weight, table, patch) -> "_FoldPlan | None":
         return None
     frozen = not (torch.is_grad_enabled() and weight.requires_grad)
     # A frozen weight (e.g. a target projection) is folded once and cached: folding is free then.
-    fold_cost = 0 if frozen else _TRAINED_FOLD_COST * base * (base + window)
+    channels = x.shape[-1]
+    fold_cost = 0 if frozen else _TRAINED_FOLD_COST * base * (base + window) * max(channels, _FOLD_MIN_CHANNELS)
     key = (patch, base, x.shape[1] // patch, x.shape[2] // patch, row_class, col_class)
-    return _FoldPlan(row_class, col_class, fold_cost // (2 * (base * base - window * window)), frozen, key)
+    min_rows = fold_cost // (2 * channels * (base * base - window * window))
+    return _FoldPlan(row_class, col_class, min_rows, frozen, key)
 
 
 def _split_interior(work, plan):

@@ -21,10 +21,11 @@ at::Tensor token_patches_backward(const at::Tensor& grad_patches, at::IntArrayRe
                                   const std::optional<at::Tensor>& keep, const at::Tensor& work,
                                   const at::Tensor& tables, int64_t patch_size);
 
-// Bytes of scratch the calling thread holds for cpu_tokenize_rows (kept between calls).
+// Bytes of scratch all threads hold for cpu_tokenize_rows (kept between calls).
 int64_t tokenize_scratch_bytes();
 
-// Frees the calling thread's scratch (it is allocated again on the next call).
+// Frees every thread's scratch (it is allocated again on the next call); not while a
+// tokenizer call runs on another thread.
 void tokenize_release_scratch();
 
 }  // namespace mim_fast

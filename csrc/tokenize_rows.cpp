@@ -28,13 +28,17 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <tuple>
 #include <vector>
 
 #include "checks.h"
+#include "entry_schedule.h"
 #include "fold_weight.h"
 #include "output_pool.h"
 #include "tokenize.h"
@@ -51,13 +55,36 @@ int64_t chunk_rows(int64_t row_elems, int64_t elem_size) {
 }
 
 constexpr int kScratchBuffers = 3;
-thread_local at::Tensor scratch_buffers[kScratchBuffers];
+
+// Each thread's scratch buffers (entries run on several threads, see entry_schedule.h), listed
+// in a registry so that their bytes can be counted and freed from any thread.
+struct ScratchSet;
+std::mutex& scratch_mutex() {
+  static auto* mutex = new std::mutex();  // never destroyed: threads may exit after static destructors
+  return *mutex;
+}
+std::set<ScratchSet*>& scratch_registry() {
+  static auto* registry = new std::set<ScratchSet*>();
+  return *registry;
+}
+struct ScratchSet {
+  std::array<at::Tensor, kScratchBuffers> buffers;
+  ScratchSet() {
+    std::lock_guard<std::mutex> guard(scratch_mutex());
+    scratch_registry().insert(this);
+  }
+  ~ScratchSet() {
+    std::lock_guard<std::mutex> guard(scratch_mutex());
+    scratch_registry().erase(this);
+  }
+};
+thread_local ScratchSet thread_scratch;
 
 // A [rows, cols] tensor over this thread's scratch buffer `which` (grown when needed, never shrunk).
 // Valid until the next call with the same `which` on this thread; never returned to callers.
 at::Tensor scratch(int which, int64_t rows, int64_t cols, const at::TensorOptions& options) {
-  at::Tensor& buf = scratch_buffers[which];
   const int64_t bytes = rows * cols * static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
+  at::Tensor& buf = thread_scratch.buffers[which];
   if (!buf.defined() || buf.numel() < bytes) buf = at::empty({std::max<int64_t>(bytes, 1)}, at::kByte);
   return at::from_blob(buf.data_ptr(), {rows, cols}, options);
 }
@@ -122,58 +149,66 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tokenize_rows(at::TensorList xs,
   saved.reserve(xs.size());
   const size_t row_bytes = static_cast<size_t>(D) * out.element_size();
   char* op = static_cast<char*>(out.data_ptr());
-  for (size_t e = 0; e < xs.size(); ++e) {
-    const at::Tensor work = works[e].contiguous();
-    check_slots(work, num_rows, e);
-    const auto keep = present(keeps[e]);
+  const size_t E = xs.size();
+  // Checks and allocations first (serial), then the entries' work on all threads.
+  std::vector<at::Tensor> work_of(E), weight_t_of(E), bias_of(E);
+  std::vector<double> costs(E);
+  for (size_t e = 0; e < E; ++e) {
+    work_of[e] = works[e].contiguous();
+    check_slots(work_of[e], num_rows, e);
     const auto bias = present(biases[e]);
     if (bias.has_value()) {
       checks::cpu(*bias, "biases");
       TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == D, "biases: entry ", e, " expected shape [", D,
                         "] (D of weights), got ", bias->sizes());
+      bias_of[e] = bias->contiguous();
     }
-    const at::Tensor weight_t = used_weight(weights[e], folds[e]).t();
-    const int64_t R = work.size(0), K = weight_t.size(0);
+    weight_t_of[e] = used_weight(weights[e], folds[e]).t();
+    const int64_t R = work_of[e].size(0), K = weight_t_of[e].size(0);
     TORCH_CHECK_VALUE(tables[e].dim() == 4 && tables[e].size(2) * tables[e].size(2) * xs[e].size(-1) == K,
                       "weights: entry ", e, " has ", K, " input features, expected P * P * C of its tables and x");
-    at::Tensor all_patches = save_patches ? at::empty({R, K}, xs[e].options()) : at::Tensor();
+    saved.push_back(save_patches ? at::empty({R, K}, xs[e].options()) : xs[e].new_empty({0}));
+    costs[e] = static_cast<double>(R) * static_cast<double>(K) * static_cast<double>(D + 64);
+  }
+  run_entries_balanced(costs, [&](int64_t e) {
+    const at::Tensor& work = work_of[e];
+    const at::Tensor& weight_t = weight_t_of[e];
+    const at::Tensor& bias = bias_of[e];
+    const auto keep = present(keeps[e]);
+    const int64_t R = work.size(0), K = weight_t.size(0);
     // Saved patches are not scratch: then only the GEMM output goes through a chunk.
     const int64_t chunk = chunk_rows(save_patches ? D : K + D, out.element_size());
     // Float adds the bias while scattering the rows (one pass over them instead of addmm's
     // copy of the bias into every row before the GEMM); other dtypes keep addmm's single rounding.
     const bool bias_in_scatter =
-        bias.has_value() && out.scalar_type() == at::kFloat && bias->scalar_type() == at::kFloat;
-    const at::Tensor bias_c = bias_in_scatter ? bias->contiguous() : at::Tensor();
-    const float* bp = bias_in_scatter ? bias_c.data_ptr<float>() : nullptr;
+        bias.defined() && out.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat;
+    const float* bp = bias_in_scatter ? bias.data_ptr<float>() : nullptr;
     const int64_t* wp = work.data_ptr<int64_t>();
     for (int64_t r0 = 0; r0 < R; r0 += chunk) {
       const int64_t n = std::min(chunk, R - r0);
-      const at::Tensor patches = save_patches ? all_patches.narrow(0, r0, n) : scratch(0, n, K, xs[e].options());
+      const at::Tensor patches = save_patches ? saved[e].narrow(0, r0, n) : scratch(0, n, K, xs[e].options());
       token_patches_out(xs[e], keep, work.narrow(0, r0, n), tables[e], patch_sizes[e], patches);
       at::Tensor rows = scratch(1, n, D, out.options());
-      if (bias.has_value() && !bias_in_scatter)
-        at::addmm_out(rows, *bias, patches, weight_t);
+      if (bias.defined() && !bias_in_scatter)
+        at::addmm_out(rows, bias, patches, weight_t);
       else
         at::mm_out(rows, patches, weight_t);
       const char* rp = static_cast<const char*>(rows.data_ptr());
       const int64_t* wc = wp + r0 * 7;
-      at::parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r) {
-          char* dst = op + wc[r * 7 + 4] * row_bytes;
-          if (bp == nullptr) {
-            std::memcpy(dst, rp + r * row_bytes, row_bytes);
-          } else {
-            float* d = reinterpret_cast<float*>(dst);
-            const float* src = reinterpret_cast<const float*>(rp + r * row_bytes);
-            for (int64_t k = 0; k < D; ++k) d[k] = src[k] + bp[k];
-          }
+      for (int64_t r = 0; r < n; ++r) {
+        char* dst = op + wc[r * 7 + 4] * row_bytes;
+        if (bp == nullptr) {
+          std::memcpy(dst, rp + r * row_bytes, row_bytes);
+        } else {
+          float* d = reinterpret_cast<float*>(dst);
+          const float* src = reinterpret_cast<const float*>(rp + r * row_bytes);
+          for (int64_t k = 0; k < D; ++k) d[k] = src[k] + bp[k];
         }
-      });
+      }
     }
     if (!out_is_zero)
       for (int64_t r = 0; r < R; ++r) covered[wp[r * 7 + 4]] = 1;
-    saved.push_back(save_patches ? all_patches : xs[e].new_empty({0}));
-  }
+  });
   if (!out_is_zero)
     for (int64_t r = 0; r < num_rows; ++r)
       if (!covered[r]) std::memset(op + r * row_bytes, 0, row_bytes);
@@ -192,10 +227,16 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
   checks::cpu(grad, "grad");
   checks::rank(grad, 2, "grad", "[num_rows, D]");
   TORCH_CHECK_VALUE(grad.size(1) == D, "grad: expected ", D, " columns (D of weights), got shape ", grad.sizes());
-  std::vector<at::Tensor> grad_xs, grad_ws, grad_bs;
+  std::vector<at::Tensor> work_of(E), grad_xs(E), grad_ws(E), grad_bs(E);
+  std::vector<double> costs(E);
   for (size_t e = 0; e < E; ++e) {
-    const at::Tensor work = works[e].contiguous();
-    check_slots(work, grad.size(0), e);
+    work_of[e] = works[e].contiguous();
+    check_slots(work_of[e], grad.size(0), e);
+    const double R = static_cast<double>(work_of[e].size(0));
+    costs[e] = R * static_cast<double>(weights[e].size(1)) * static_cast<double>(D) * (need_x[e] ? 2.0 : 1.0) + 1.0;
+  }
+  run_entries_balanced(costs, [&](int64_t e) {
+    const at::Tensor& work = work_of[e];
     const auto keep = present(keeps[e]);
     const at::Tensor slots = work.select(1, 4);
     const bool folded = folds[e].numel() > 0;
@@ -236,17 +277,16 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
       }
       if (need_weight[e] && folded) unfold_weight_out(gsum, folds[e][0], folds[e][1], gw);
     }
-    grad_ws.push_back(gw);
-    grad_bs.push_back(gb);
+    grad_ws[e] = gw;
+    grad_bs[e] = gb;
     if (need_x[e]) {
       const at::Tensor picked = at::index_select(grad, 0, slots);
-      grad_xs.push_back(
-          token_patches_backward(at::mm(picked, used_weight(weights[e], folds[e])), xs[e].sizes(), keep, work,
-                                 tables[e], patch_sizes[e]));
+      grad_xs[e] = token_patches_backward(at::mm(picked, used_weight(weights[e], folds[e])), xs[e].sizes(), keep,
+                                          work, tables[e], patch_sizes[e]);
     } else {
-      grad_xs.push_back(xs[e].new_empty({0}));
+      grad_xs[e] = xs[e].new_empty({0});
     }
-  }
+  });
   std::vector<at::Tensor> flat;
   flat.reserve(3 * E);
   for (auto* part : {&grad_xs, &grad_ws, &grad_bs}) flat.insert(flat.end(), part->begin(), part->end());
@@ -256,14 +296,18 @@ std::vector<at::Tensor> tokenize_rows_backward(const at::Tensor& grad, at::Tenso
 }  // namespace
 
 int64_t tokenize_scratch_bytes() {
+  std::lock_guard<std::mutex> guard(scratch_mutex());
   int64_t total = 0;
-  for (const at::Tensor& buf : scratch_buffers)
-    if (buf.defined()) total += buf.numel();
+  for (const ScratchSet* set : scratch_registry())
+    for (const at::Tensor& buf : set->buffers)
+      if (buf.defined()) total += buf.numel();
   return total;
 }
 
 void tokenize_release_scratch() {
-  for (at::Tensor& buf : scratch_buffers) buf = at::Tensor();
+  std::lock_guard<std::mutex> guard(scratch_mutex());
+  for (ScratchSet* set : scratch_registry())
+    for (at::Tensor& buf : set->buffers) buf = at::Tensor();
 }
 
 TORCH_LIBRARY_IMPL(mim_fast, CPU, m) {

@@ -377,3 +377,36 @@ def test_output_pool_can_be_disabled(tmp_path):
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert (int(result.stdout.strip().splitlines()[-1]) > 0) == pooled
+
+
+def test_entries_on_several_threads_match_one_thread():
+    """Entries run concurrently on the thread pool (largest first): the same tokens and
+    gradients as one thread, for a mix of entry sizes, a folded entry and an empty one."""
+    from mim_fast.ops.tokenize import TokenEntry, tokenize_entries
+
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(3, 12), (3, 2), (1, 30), (1, 1), (3, 11)]  # (T, C) per entry, 16 x 16 pixels at p = 2
+    entries, offset = [], 0
+    for t, c in shapes:
+        x = torch.randn(4, 16, 16, t, c, generator=gen)
+        weight = (torch.randn(24, BASE * BASE * c, generator=gen) / BASE).requires_grad_()
+        bias = torch.randn(24, generator=gen).requires_grad_()
+        keep = torch.rand(4, c, generator=gen) < 0.7 if c > 1 else None
+        entries.append(TokenEntry(x, weight, bias, keep, 2, BASE, offset, 1))
+        offset += 8 * 8 * t
+    codes = torch.randint(0, 3, (4, offset), generator=gen)
+    codes[:, 8 * 8 * 6 : 8 * 8 * 7] = 1  # the single-band entry selects nothing
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            packed = tokenize_entries(entries, codes, 0)
+            grads = torch.autograd.grad((packed.tokens * 0.5).sum(), [p for e in entries for p in (e.weight, e.bias)])
+            results.append((packed.tokens, grads))
+    finally:
+        torch.set_num_threads(threads)
+    (one, one_grads), (two, two_grads) = results
+    torch.testing.assert_close(two, one, atol=1e-5, rtol=1e-5)
+    for a, b in zip(two_grads, one_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)

@@ -187,9 +187,9 @@ def clear_fold_cache() -> None:
 def held_bytes() -> int:
     """Bytes the fused tokenizer keeps between calls.
 
-    Cached folded weights and interior resize tables; on CPU with the extension also the
-    calling thread's scratch and the idle blocks of the output pool (freed outputs kept for
-    reuse, see ``csrc/output_pool.h``).
+    Cached folded weights and interior resize tables; on CPU with the extension also every
+    thread's scratch (entries run on all threads at once) and the idle blocks of the output
+    pool (freed outputs kept for reuse, see ``csrc/output_pool.h``).
     """
     total = _cache_bytes([entry[2] for entry in _FOLD_CACHE.values()] + list(_INTERIOR_TABLES.values()))
     if backends.status("cpp").available:
@@ -199,7 +199,10 @@ def held_bytes() -> int:
 
 
 def release_memory() -> None:
-    """Free everything :func:`held_bytes` counts (it is rebuilt on the next calls)."""
+    """Free everything :func:`held_bytes` counts (it is rebuilt on the next calls).
+
+    Not while a tokenizer call runs on another thread (its scratch would be freed under it).
+    """
     clear_fold_cache()
     if backends.status("cpp").available:
         torch.ops.mim_fast.cpu_tokenize_release_scratch()

@@ -3,8 +3,8 @@
 // At small batch sizes an entry's GEMMs are small (a few hundred rows; K down to 64 for
 // single-band maps) and scale poorly over threads, and every entry has serial steps (checks,
 // table setup). Instead of one entry at a time on all threads, entries are spread over the
-// threads, largest first onto the least loaded thread, and each runs single-threaded (nested
-// parallel regions, including the BLAS called through ATen, run inline).
+// threads and each runs single-threaded (nested parallel regions, including the BLAS called
+// through ATen, run inline). An entry too large to balance keeps all threads.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -17,7 +17,10 @@
 
 namespace mim_fast {
 
-// Calls fn(e) once for every entry e < costs.size(); entries run concurrently on different threads.
+// Calls fn(e) once for every entry e < costs.size(). An entry costing more than an even share
+// of the total (total / threads) cannot be balanced: those run first, one at a time on all
+// threads; the others run concurrently, single-threaded, largest first onto the least loaded
+// thread.
 template <typename Fn>
 void run_entries_balanced(const std::vector<double>& costs, const Fn& fn) {
   const int64_t E = static_cast<int64_t>(costs.size());
@@ -26,8 +29,14 @@ void run_entries_balanced(const std::vector<double>& costs, const Fn& fn) {
     for (int64_t e = 0; e < E; ++e) fn(e);
     return;
   }
-  std::vector<int64_t> order(E);
-  std::iota(order.begin(), order.end(), 0);
+  const double share = std::accumulate(costs.begin(), costs.end(), 0.0) / static_cast<double>(threads);
+  std::vector<int64_t> order;
+  for (int64_t e = 0; e < E; ++e) {
+    if (costs[e] > share)
+      fn(e);
+    else
+      order.push_back(e);
+  }
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return costs[a] > costs[b]; });
   std::vector<std::vector<int64_t>> bins(threads);
   std::vector<double> load(threads, 0.0);

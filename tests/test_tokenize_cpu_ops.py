@@ -379,13 +379,20 @@ def test_output_pool_can_be_disabled(tmp_path):
         assert (int(result.stdout.strip().splitlines()[-1]) > 0) == pooled
 
 
-def test_entries_on_several_threads_match_one_thread():
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(3, 12), (3, 2), (1, 30), (1, 1), (3, 11)],  # balanced over the threads
+        [(3, 30), (1, 2), (1, 1), (1, 1)],  # one entry larger than an even share: run on all threads
+    ],
+)
+def test_entries_on_several_threads_match_one_thread(shapes):
     """Entries run concurrently on the thread pool (largest first): the same tokens and
-    gradients as one thread, for a mix of entry sizes, a folded entry and an empty one."""
+    gradients as one thread, for a mix of entry sizes ((T, C) per entry, 16 x 16 pixels at
+    p = 2), a folded entry and one that selects nothing."""
     from mim_fast.ops.tokenize import TokenEntry, tokenize_entries
 
     gen = torch.Generator().manual_seed(5)
-    shapes = [(3, 12), (3, 2), (1, 30), (1, 1), (3, 11)]  # (T, C) per entry, 16 x 16 pixels at p = 2
     entries, offset = [], 0
     for t, c in shapes:
         x = torch.randn(4, 16, 16, t, c, generator=gen)
@@ -395,7 +402,7 @@ def test_entries_on_several_threads_match_one_thread():
         entries.append(TokenEntry(x, weight, bias, keep, 2, BASE, offset, 1))
         offset += 8 * 8 * t
     codes = torch.randint(0, 3, (4, offset), generator=gen)
-    codes[:, 8 * 8 * 6 : 8 * 8 * 7] = 1  # the single-band entry selects nothing
+    codes[:, -8 * 8 * shapes[-1][0] :] = 1  # the last entry selects nothing
     results = []
     threads = torch.get_num_threads()
     try:

@@ -46,7 +46,7 @@
 namespace mim_fast {
 namespace {
 
-constexpr int64_t kScratchBytes = int64_t(4) << 20;
+constexpr int64_t kScratchBytes = int64_t(2) << 20;
 constexpr int64_t kMinChunkRows = 128;
 
 // Rows per chunk so that one chunk of row_elems-wide rows fits in kScratchBytes.

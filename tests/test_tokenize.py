@@ -258,6 +258,7 @@ def test_folded_interior_tokens_match_reference(monkeypatch, patch, backend_name
     if not mim_fast.backends.status("cpp").available:
         pytest.skip("cpp backend unavailable")
     monkeypatch.setattr(fused_tokenize, "_TRAINED_FOLD_COST", 0)
+    monkeypatch.setattr(fused_tokenize, "_FROZEN_FOLD_MIN_ROWS", 0)
     calls = _spy_on_folds(monkeypatch, fused_tokenize)
     x, weight, bias, codes = _inputs(2, 8, 7, 2, 3, 5, patch)
     x.requires_grad_()

@@ -305,8 +305,9 @@ def test_held_bytes_counts_fold_cache_and_scratch(monkeypatch):
 
     fused_tokenize.release_memory()
     base = fused_tokenize.held_bytes()
-    x, weight, bias = torch.randn(2, 9, 9, 1, 3), torch.randn(6, BASE * BASE * 3), torch.randn(6)
-    codes = torch.ones(2, 9, 9, 1, dtype=torch.int64)
+    # 2 x 8 x 8 interior tokens (of 12 x 12): more than _FROZEN_FOLD_MIN_ROWS, so folded and cached
+    x, weight, bias = torch.randn(2, 12, 12, 1, 3), torch.randn(6, BASE * BASE * 3), torch.randn(6)
+    codes = torch.ones(2, 12, 12, 1, dtype=torch.int64)
     with torch.no_grad():  # frozen weight at p = 1: interior tokens use the cached folded weight
         mim_fast.tokenize(x, weight, bias, codes, select=1, patch_size=1)
     assert len(fused_tokenize._FOLD_CACHE) == 1

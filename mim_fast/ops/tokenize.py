@@ -45,6 +45,9 @@ from .patch_embed import _validate as _validate_patch_embed
 # gradient). Fold only when the saving beats the fold.
 _TRAINED_FOLD_COST = 40
 _FOLD_MIN_CHANNELS = 12
+# A cached fold holds D * w^2 * C values for as long as the weight lives: entries with fewer
+# interior rows than this save too little to be worth that memory.
+_FROZEN_FOLD_MIN_ROWS = 64
 
 
 @dataclass
@@ -77,11 +80,12 @@ def _fold_plan(x, weight, table, patch) -> "_FoldPlan | None":
     if row_class < 0 or col_class < 0:
         return None
     frozen = not (torch.is_grad_enabled() and weight.requires_grad)
-    # A frozen weight (e.g. a target projection) is folded once and cached: folding is free then.
+    # A frozen weight (e.g. a target projection) is folded once and cached: folding is free then,
+    # only its memory counts.
     channels = x.shape[-1]
-    fold_cost = 0 if frozen else _TRAINED_FOLD_COST * base * (base + window) * max(channels, _FOLD_MIN_CHANNELS)
+    fold_cost = _TRAINED_FOLD_COST * base * (base + window) * max(channels, _FOLD_MIN_CHANNELS)
     key = (patch, base, x.shape[1] // patch, x.shape[2] // patch, row_class, col_class)
-    min_rows = fold_cost // (2 * channels * (base * base - window * window))
+    min_rows = _FROZEN_FOLD_MIN_ROWS if frozen else fold_cost // (2 * channels * (base * base - window * window))
     return _FoldPlan(row_class, col_class, min_rows, frozen, key)
 
 

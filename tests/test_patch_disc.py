@@ -1,12 +1,9 @@
 """The fused patch discrimination kernel (cpu_patch_disc) against a per-sample loop."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_baseline_isa_script_ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -214,9 +211,8 @@ def test_baseline_isa_kernels_match_the_loop(tmp_path):
     """The float passes compiled for the baseline ISA (this test's machine may pick the AVX2
     copy) and the GEMMs through ATen instead of the BLAS directly: forced with
     MIM_FAST_CPU_BASELINE=1 in a fresh process."""
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
     script = (
-        f"import sys, torch; sys.path.insert(0, {tests_dir!r});"
+        "import torch;"
         "from test_patch_disc import _case, loop_terms;"
         "from mim_fast.ops.patch_disc import patch_disc_terms;"
         "p, t, k = _case(5, 40, 19, duplicates=30, uniform_sample=2); p.requires_grad_(True);"
@@ -226,11 +222,7 @@ def test_baseline_isa_kernels_match_the_loop(tmp_path):
         "g = torch.autograd.grad(terms.per_sample.sum(), p)[0]; w = torch.autograd.grad(want.sum(), p)[0];"
         "torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4); print('ok')"
     )
-    env = dict(os.environ, MIM_FAST_CPU_BASELINE="1")
-    # Run outside the source tree: the installed package (with its compiled extension) is imported.
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    assert_baseline_isa_script_ok(script, tmp_path)
 
 
 def test_nan_inputs_propagate():

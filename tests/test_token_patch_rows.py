@@ -6,12 +6,9 @@ band masks, border classes and padding rows are covered for every patch size, on
 this machine picks and on the baseline copy (``MIM_FAST_CPU_BASELINE=1``, a fresh process).
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from helpers import assert_baseline_isa_script_ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,19 +89,13 @@ def test_row_builder_bfloat16_and_float64():
 
 def test_row_builder_baseline_isa(tmp_path):
     """The baseline copy of the float row builder (this machine may pick the AVX2 one)."""
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
     script = (
-        f"import sys; sys.path.insert(0, {tests_dir!r});"
         "from test_token_patch_rows import assert_rows_match;"
         "[assert_rows_match(p, 5, 4, t, c, 60, k, True, seed=p * c + t)"
         " for p in (1, 2, 3, 4, 8) for c in (1, 2, 3, 5, 12, 30) for t in (1, 3) for k in (False, True)];"
         "print('ok')"
     )
-    env = dict(os.environ, MIM_FAST_CPU_BASELINE="1")
-    # Run outside the source tree: the installed package (with its compiled extension) is imported.
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    assert_baseline_isa_script_ok(script, tmp_path)
 
 
 @pytest.mark.parametrize("patch", [1, 3])

@@ -13,9 +13,13 @@ kept); the input gradient is the adjoint resize.
 
 On CPU with the compiled extension, the packed layout and every work list come from one
 call (``cpu_token_layout``) and the loop over entries runs in C++ (``cpu_tokenize_rows``
-and its backward): at small batch sizes the dispatch of a dozen small tensor ops per entry
-cost as much as the embedding itself. Other backends and devices run the same steps as
-tensor ops.
+and its backward, entries spread over the threads): at small batch sizes the dispatch of a
+dozen small tensor ops per entry cost as much as the embedding itself. Other backends and
+devices run the same steps as tensor ops.
+
+For upsampling patch sizes interior tokens may be embedded from their raw ``w x w`` windows
+with the resize folded into the weight (exact: the resize is linear; fewer flops when
+``w = p + 4 < P``), chosen per entry by cost (``_fold_plan``).
 """
 
 import collections
@@ -67,7 +71,7 @@ class _FoldPlan:
 
 
 def _fold_plan(x, weight, table, patch) -> "_FoldPlan | None":
-    """Whether interior tokens of an entry may use the folded weight (see ``_FOLD_COST_FACTOR``).
+    """Whether interior tokens of an entry may use the folded weight (see ``_TRAINED_FOLD_COST``).
 
     Callers skip it for fixed-size (accelerator) work lists: the split reads the work list on
     the host.

@@ -268,12 +268,17 @@ def folded_weight(
             f"weight: expected {base}*{base}*{channels} = {base * base * channels} features "
             f"(P from row_weights, C = channels), got {weight.shape[1]}"
         )
-    d = weight.shape[0]
-    w4 = weight.to(torch.float64).reshape(d, base, base, channels)
-    rows = row_weights.to(device=weight.device, dtype=torch.float64)
-    cols = col_weights.to(device=weight.device, dtype=torch.float64)
-    folded = torch.einsum("dxyc,xa,yb->dabc", w4, rows, cols)
-    return folded.reshape(d, -1).to(weight.dtype)
+    return _separable_float64("dxyc,xa,yb->dabc", weight, (base, base, channels), row_weights, col_weights)
+
+
+def _separable_float64(equation: str, flat: torch.Tensor, dims: tuple, row_weights, col_weights) -> torch.Tensor:
+    """``einsum(equation, flat [D, prod(dims)] viewed [D, *dims], rows, cols)`` in float64,
+    flattened back to ``[D, -1]`` in ``flat``'s dtype."""
+    d = flat.shape[0]
+    rows = row_weights.to(device=flat.device, dtype=torch.float64)
+    cols = col_weights.to(device=flat.device, dtype=torch.float64)
+    out = torch.einsum(equation, flat.to(torch.float64).reshape(d, *dims), rows, cols)
+    return out.reshape(d, -1).to(flat.dtype)
 
 
 def unfolded_gradient(
@@ -299,12 +304,8 @@ def unfolded_gradient(
             f"grad_folded: expected [D, {window_r}*{window_c}*{channels}], got a tensor of shape "
             f"{list(grad_folded.shape)}"
         )
-    d = grad_folded.shape[0]
-    g4 = grad_folded.to(torch.float64).reshape(d, window_r, window_c, channels)
-    rows = row_weights.to(device=grad_folded.device, dtype=torch.float64)
-    cols = col_weights.to(device=grad_folded.device, dtype=torch.float64)
-    grad = torch.einsum("dabc,xa,yb->dxyc", g4, rows, cols)
-    return grad.reshape(d, -1).to(grad_folded.dtype)
+    dims = (window_r, window_c, channels)
+    return _separable_float64("dabc,xa,yb->dxyc", grad_folded, dims, row_weights, col_weights)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,6 +1,7 @@
 """The CPU extension's one-call tokenizer pieces against the tensor compositions they replace:
-``cpu_token_layout`` (packed layout + work lists + interior split) and ``cpu_tokenize_rows``
-(per-entry embedding loop, chunked through scratch buffers) with its backward."""
+``cpu_token_layout`` (packed layout + work lists + interior split), ``cpu_tokenize_rows``
+(per-entry embedding, chunked through scratch buffers, entries spread over the threads, weights
+of folded entries folded inside) with its backward, and ``cpu_fold_weight`` / its adjoint."""
 
 import importlib
 import os

@@ -60,28 +60,6 @@ FoldShape check_fold(const at::Tensor& t, bool folded, const at::Tensor& row_w,
   return s;
 }
 
-// Non-zero range [lo, hi) of every row of a [n, m] table.
-template <typename acc_t>
-std::vector<std::pair<int64_t, int64_t>> nonzero_ranges(const acc_t* table, int64_t n, int64_t m) {
-  std::vector<std::pair<int64_t, int64_t>> out(n);
-  for (int64_t r = 0; r < n; ++r) {
-    int64_t lo = 0, hi = m;
-    while (lo < hi && table[r * m + lo] == acc_t(0)) ++lo;
-    while (hi > lo && table[r * m + hi - 1] == acc_t(0)) --hi;
-    out[r] = {lo, hi};
-  }
-  return out;
-}
-
-// Transposed [m, n] copy of a [n, m] table: the taps of each output as one contiguous row.
-template <typename acc_t>
-std::vector<acc_t> transposed(const acc_t* table, int64_t n, int64_t m) {
-  std::vector<acc_t> out(static_cast<size_t>(n * m));
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t c = 0; c < m; ++c) out[c * n + r] = table[r * m + c];
-  return out;
-}
-
 // Tables of one fold, in the orientation each pass reads them.
 template <typename acc_t>
 struct FoldTables {
@@ -199,10 +177,6 @@ at::Tensor fold_or_unfold(const at::Tensor& t_in, const at::Tensor& row_w_in, co
   return out;
 }
 
-at::Tensor fold_weight_op(const at::Tensor& weight, const at::Tensor& row_w, const at::Tensor& col_w) {
-  return fold_or_unfold<true>(weight, row_w, col_w, std::nullopt);
-}
-
 at::Tensor unfold_weight_op(const at::Tensor& grad_folded, const at::Tensor& row_w, const at::Tensor& col_w) {
   return fold_or_unfold<false>(grad_folded, row_w, col_w, std::nullopt);
 }
@@ -219,7 +193,7 @@ void unfold_weight_out(const at::Tensor& grad_folded, const at::Tensor& row_w, c
 }
 
 TORCH_LIBRARY_IMPL(mim_fast, CPU, m) {
-  m.impl("cpu_fold_weight", &fold_weight_op);
+  m.impl("cpu_fold_weight", &fold_weight);
   m.impl("cpu_unfold_weight", &unfold_weight_op);
 }
 

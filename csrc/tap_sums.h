@@ -10,6 +10,8 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "simd.h"
 
@@ -58,6 +60,28 @@ MIM_FAST_INLINE void tap_run(out_t* dst, const in_t* src, int64_t stride, const 
     tap_block<kLanes, kLanes, kScale>(dst + k, src + k, stride, w, lo, hi, scale + (kScale ? k : 0));
   for (; k + 4 <= n; k += 4) tap_block<4, kLanes, kScale>(dst + k, src + k, stride, w, lo, hi, scale + (kScale ? k : 0));
   for (; k < n; ++k) tap_block<1, kLanes, kScale>(dst + k, src + k, stride, w, lo, hi, scale + (kScale ? k : 0));
+}
+
+// Non-zero range [lo, hi) of every row of a [n, m] table (the taps tap_run visits).
+template <typename acc_t>
+std::vector<std::pair<int64_t, int64_t>> nonzero_ranges(const acc_t* table, int64_t n, int64_t m) {
+  std::vector<std::pair<int64_t, int64_t>> out(static_cast<size_t>(n));
+  for (int64_t r = 0; r < n; ++r) {
+    int64_t lo = 0, hi = m;
+    while (lo < hi && table[r * m + lo] == acc_t(0)) ++lo;
+    while (hi > lo && table[r * m + hi - 1] == acc_t(0)) --hi;
+    out[r] = {lo, hi};
+  }
+  return out;
+}
+
+// Transposed [m, n] copy of a [n, m] table: the taps of each output as one contiguous row.
+template <typename acc_t>
+std::vector<acc_t> transposed(const acc_t* table, int64_t n, int64_t m) {
+  std::vector<acc_t> out(static_cast<size_t>(n * m));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < m; ++c) out[c * n + r] = table[r * m + c];
+  return out;
 }
 
 }  // namespace mim_fast

@@ -31,10 +31,10 @@ template <typename acc_t>
 struct RowBuild {
   // Geometry of the entry.
   int64_t H, W, T, C, p, P, win, margin, n_classes, K;
-  const bool* keep;      // [B, C] or nullptr
-  const int64_t* work;   // [R, 7]
-  const acc_t* row_tab;  // [n_classes, P, win]
-  const acc_t* col_tab;  // [n_classes, P, win]
+  const bool* keep;        // [B, C] or nullptr
+  const int64_t* work;     // [R, 7]
+  const acc_t* row_tab;    // [n_classes, P, win]
+  const acc_t* col_tab;    // [n_classes, P, win]
   const acc_t* col_tab_t;  // [n_classes, win, P]: col_tab transposed (the transposed column pass)
   const std::pair<int64_t, int64_t>* row_taps;  // [n_classes * P]: non-zero tap range of each row
   const std::pair<int64_t, int64_t>* col_taps;  // [n_classes * P]
@@ -50,8 +50,7 @@ MIM_FAST_INLINE void column_pass_wide(acc_t* cols, const scalar_t* src, int64_t 
   const auto* taps = g.col_taps + cc * g.P;
   for (int64_t q2 = 0; q2 < g.P; ++q2)
     tap_run<kLanes, false>(cols + q2 * g.C, src, pixel_stride, cw + q2 * g.win, std::max(taps[q2].first, v_min),
-                           std::min(taps[q2].second, v_max),
-                   static_cast<const acc_t*>(nullptr), g.C);
+                           std::min(taps[q2].second, v_max), static_cast<const acc_t*>(nullptr), g.C);
 }
 
 // The same for C < 4: for each input pixel v and channel c, all P outputs at once
@@ -97,7 +96,7 @@ MIM_FAST_INLINE void tile_keep(acc_t* kf, const RowBuild<acc_t>& g, int64_t b) {
 // p == P: the token's own P x P block times the band mask.
 template <typename scalar_t, typename acc_t>
 MIM_FAST_INLINE void copy_row(scalar_t* dst, const scalar_t* x, const int64_t* wr, const acc_t* kf,
-                                   const RowBuild<acc_t>& g) {
+                              const RowBuild<acc_t>& g) {
   const int64_t b = wr[0], i = wr[1], j = wr[2], t = wr[3];
   const int64_t PC = g.P * g.C, pixel_stride = g.T * g.C;
   for (int64_t q1 = 0; q1 < g.P; ++q1) {
@@ -118,7 +117,7 @@ MIM_FAST_INLINE void copy_row(scalar_t* dst, const scalar_t* x, const int64_t* w
 // p != P: column pass over the window rows the row taps reach, then the row pass.
 template <int kLanes, typename scalar_t, typename acc_t>
 MIM_FAST_INLINE void resize_row(scalar_t* dst, const scalar_t* x, const int64_t* wr, acc_t* cols, const acc_t* kf,
-                                     const RowBuild<acc_t>& g) {
+                                const RowBuild<acc_t>& g) {
   const int64_t b = wr[0], i = wr[1], j = wr[2], t = wr[3], rc = wr[5], cc = wr[6];
   const int64_t PC = g.P * g.C, pixel_stride = g.T * g.C;
   const int64_t top = i * g.p - g.margin, left = j * g.p - g.margin;
@@ -146,7 +145,7 @@ MIM_FAST_INLINE void resize_row(scalar_t* dst, const scalar_t* x, const int64_t*
 // kLanes: float vector width of this copy (4 baseline, 8 AVX2).
 template <int kLanes, typename scalar_t, typename acc_t>
 MIM_FAST_INLINE void build_row_range(const scalar_t* x, scalar_t* out, const RowBuild<acc_t>& g, int64_t r0,
-                                          int64_t r1, acc_t* cols, acc_t* kf) {
+                                     int64_t r1, acc_t* cols, acc_t* kf) {
   int64_t tiled_for = -1;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t* wr = g.work + r * 7;

@@ -96,21 +96,6 @@ Rows check_common(at::IntArrayRef x_shape, const std::optional<at::Tensor>& keep
   return g;
 }
 
-// [lo, hi) of the non-zero taps of every table row: taps[(k * n_classes + cls) * P + q].
-// Tables are zero outside the image, so these ranges never leave it.
-template <typename acc_t>
-std::vector<std::pair<int64_t, int64_t>> tap_ranges(const acc_t* tables, const Rows& g) {
-  std::vector<std::pair<int64_t, int64_t>> taps(2 * g.n_classes * g.P);
-  for (int64_t r = 0; r < 2 * g.n_classes * g.P; ++r) {
-    const acc_t* w = tables + r * g.win;
-    int64_t lo = 0, hi = g.win;
-    while (lo < hi && w[lo] == acc_t(0)) ++lo;
-    while (hi > lo && w[hi - 1] == acc_t(0)) --hi;
-    taps[r] = {lo, hi};
-  }
-  return taps;
-}
-
 // Per-ISA copies of the float row builder (the hot path); other dtypes use the template as is.
 void build_float_rows_baseline(const float* x, float* out, const RowBuild<float>& g, int64_t r0, int64_t r1,
                                float* cols, float* kf) {
@@ -135,7 +120,8 @@ FloatRowBuilder float_row_builder() {
 template <typename scalar_t, typename acc_t>
 void build_rows(const scalar_t* x, const bool* keep, const int64_t* work, const acc_t* tables, scalar_t* out,
                 const Rows& g) {
-  const auto taps = tap_ranges(tables, g);
+  // [lo, hi) of the non-zero taps of every table row: taps[(k * n_classes + cls) * P + q].
+  const auto taps = nonzero_ranges(tables, 2 * g.n_classes * g.P, g.win);
   // Union of the taps of each class, and the column tables transposed to [class, v, q2].
   std::vector<std::pair<int64_t, int64_t>> spans(2 * g.n_classes);
   for (int64_t k = 0; k < 2 * g.n_classes; ++k) {

@@ -58,13 +58,6 @@ def tokenize_rows_backward(
     )
 
 
-def fold_weight(weight, row_w, col_w):
-    return _ops.cpu_fold_weight(weight, row_w, col_w)
-
-
-def unfold_weight(grad_folded, row_w, col_w):
-    return _ops.cpu_unfold_weight(grad_folded, row_w, col_w)
-
 
 def _register_fakes() -> None:
     """Shape-only (fake) kernels so the C++ ops also trace under FakeTensor and opcheck."""

@@ -84,12 +84,14 @@ def _fold_plan(x, weight, table, patch) -> "_FoldPlan | None":
     if row_class < 0 or col_class < 0:
         return None
     frozen = not (torch.is_grad_enabled() and weight.requires_grad)
-    # A frozen weight (e.g. a target projection) is folded once and cached: folding is free then,
-    # only its memory counts.
-    channels = x.shape[-1]
-    fold_cost = _TRAINED_FOLD_COST * base * (base + window) * max(channels, _FOLD_MIN_CHANNELS)
+    if frozen:
+        # A frozen weight (e.g. a target projection) is folded once and cached: only its memory counts.
+        min_rows = _FROZEN_FOLD_MIN_ROWS
+    else:
+        channels = x.shape[-1]
+        fold_cost = _TRAINED_FOLD_COST * base * (base + window) * max(channels, _FOLD_MIN_CHANNELS)
+        min_rows = fold_cost // (2 * channels * (base * base - window * window))
     key = (patch, base, x.shape[1] // patch, x.shape[2] // patch, row_class, col_class)
-    min_rows = _FROZEN_FOLD_MIN_ROWS if frozen else fold_cost // (2 * channels * (base * base - window * window))
     return _FoldPlan(row_class, col_class, min_rows, frozen, key)
 
 
